@@ -1,0 +1,142 @@
+"""Score every image under a folder with a model and the CSRA rule (the library behind ``posthoc-csra score``)."""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+log = logging.getLogger("posthoc_csra")
+
+OUTPUT_FORMATS = (".csv", ".json", ".parquet")
+
+
+class NothingScoredError(RuntimeError):
+    """No image under the folder could be scored (or --strict and some failed)."""
+
+
+@dataclass
+class ScoreResult:
+    table: "pandas.DataFrame"  # noqa: F821
+    n_scored: int
+    n_failed: int
+    model_note: str
+    output: Optional[Path] = None
+    class_names: List[str] = field(default_factory=list)
+
+
+def check_output_path(output: Union[str, Path, None]) -> Optional[Path]:
+    """Validate the output file's extension before any work is done."""
+    if output is None:
+        return None
+    path = Path(output)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"--output {path}: unknown format {path.suffix!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    return path
+
+
+def write_table(table, path: Path) -> None:
+    """Write a DataFrame as CSV, JSON (records) or Parquet, by extension; atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table.to_csv(tmp, index=False)
+    elif suffix == ".json":
+        table.to_json(tmp, orient="records", indent=1)
+    else:
+        table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def unique_column_names(names: Sequence[str]) -> List[str]:
+    """Class labels as column names; a repeated label gets its class index appended."""
+    counts = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
+
+
+def data_transform(model, img_size: Optional[int] = None):
+    """timm's own eval preprocessing for the model, at ``img_size`` when given."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    config = resolve_model_data_config(model)
+    if img_size is not None:
+        config["input_size"] = (3, img_size, img_size)
+    return create_transform(**config, is_training=False), config
+
+
+def score_folder(image_dir: Union[str, Path], model: str = "tf_efficientnet_lite0", checkpoint=None,
+                 pretrained: Optional[bool] = None, lam: float = 0.1, heads=1, space: str = "logit",
+                 topk: int = 5, img_size: Optional[int] = None, batch_size: int = 32, workers: int = 2,
+                 device: str = "cpu", amp: str = "none", channels_last: bool = False, compile: bool = False,
+                 all_scores: bool = False, output: Union[str, Path, None] = None, strict: bool = False,
+                 progress: bool = True) -> ScoreResult:
+    """Score every image under ``image_dir``; one row per file, bad files get an ``error``.
+
+    Raises NothingScoredError when no image could be scored, or when ``strict`` and any failed.
+    """
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from .images import ImageFiles, collate_images, find_images, relative_name
+    from .models import class_names, load_model
+    from .runtime import Runtime
+    from .scorer import CSRAScorer
+
+    output = check_output_path(output)
+    runtime = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile)
+    paths = find_images(image_dir)
+    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
+                     **({"img_size": img_size} if img_size else {}))
+    transform, config = data_transform(net, img_size)
+    scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
+    runtime.compile_model(net)
+    log.info("posthoc-csra: %s", scorer.describe())
+    names = class_names(net)
+    topk = min(topk, scorer.num_classes)
+
+    files = ImageFiles(paths, image_dir, transform)
+    loader = torch.utils.data.DataLoader(files, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate_images, pin_memory=runtime.torch_device.type == "cuda")
+    scores = np.full((len(paths), scorer.num_classes), np.nan, dtype=np.float32)
+    errors: List[Optional[str]] = [None] * len(paths)
+    with torch.inference_mode(), tqdm(total=len(paths), unit="img", disable=not progress,
+                                      desc=f"scoring {Path(image_dir).name}", file=sys.stderr) as bar:
+        for images, good, failures in loader:
+            for index, error in failures:
+                errors[index] = error
+            if images is not None:
+                with runtime.autocast():
+                    batch_scores = scorer(runtime.inputs(images))
+                scores[good] = batch_scores.float().cpu().numpy()
+            bar.update(len(good) + len(failures))
+
+    ok = np.array([e is None for e in errors])
+    table = pd.DataFrame({"image": [relative_name(p, image_dir) for p in paths],
+                          "error": pd.array(errors, dtype="string")})
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :topk]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    label_array = np.asarray(names, dtype=object)
+    for rank in range(topk):
+        table[f"top{rank + 1}"] = np.where(ok, label_array[order[:, rank]], None)
+        table[f"top{rank + 1}_score"] = np.where(ok, top_scores[:, rank], np.nan)
+    if all_scores:
+        table = pd.concat([table, pd.DataFrame(scores, columns=unique_column_names(names))], axis=1)
+    table.attrs.update(model=model, lam=lam, heads=list(scorer.temperatures), space=space)
+
+    result = ScoreResult(table, int(ok.sum()), int((~ok).sum()), scorer.describe(), output, names)
+    if output is not None:
+        write_table(table, output)
+    if result.n_scored == 0:
+        raise NothingScoredError(f"none of the {len(paths)} files under {image_dir} could be scored; "
+                                 f"first error: {table['image'][0]}: {errors[0]}")
+    if strict and result.n_failed:
+        raise NothingScoredError(f"--strict: {result.n_failed} of {len(paths)} files failed "
+                                 f"(see the error column{' in ' + str(output) if output else ''})")
+    return result

@@ -1,0 +1,52 @@
+"""Names and option values shared by the library and the CLI, torch-free so ``--help`` stays instant."""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple, Union
+
+INF = math.inf
+SPACES: Tuple[str, ...] = ("logit", "prob")
+
+#: The paper's temperature sets by number of heads (H=1 may also be {1}).
+HEAD_SETS = {
+    1: (INF,),
+    2: (1.0, INF),
+    4: (1.0, 2.0, 4.0, INF),
+    6: (1.0, 2.0, 3.0, 4.0, 5.0, INF),
+    8: (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, INF),
+}
+
+#: Every temperature any head set uses: what the statistics cache stores.
+STAT_TEMPERATURES: Tuple[float, ...] = HEAD_SETS[8]
+
+Heads = Union[int, Sequence[float]]
+
+
+def resolve_temperatures(heads: Heads) -> Tuple[float, ...]:
+    """Temperatures for ``heads``: a paper head count (1, 2, 4, 6, 8) or explicit temperatures."""
+    if isinstance(heads, bool):
+        raise ValueError(f"heads must be one of {sorted(HEAD_SETS)} or a list of temperatures, got {heads!r}")
+    if isinstance(heads, int):
+        if heads not in HEAD_SETS:
+            raise ValueError(f"heads={heads} is not a paper head set; choose one of {sorted(HEAD_SETS)} "
+                             f"or pass explicit temperatures, e.g. (1, math.inf)")
+        return HEAD_SETS[heads]
+    temps = tuple(float(t) for t in heads)
+    if not temps or any(not t > 0 for t in temps):
+        raise ValueError(f"temperatures must be positive (math.inf for max pooling), got {heads!r}")
+    return temps
+
+
+def parse_temperature(text: str) -> float:
+    """``"inf"``/``"∞"`` → math.inf, otherwise a positive float."""
+    text = text.strip().lower()
+    return INF if text in ("inf", "infinity", "∞") else float(text)
+
+
+def check_space(space: str) -> str:
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    return space
+
+
+AMP_CHOICES: Tuple[str, ...] = ("none", "bf16", "fp16")
