@@ -152,5 +152,8 @@ def score(image_dir, model, checkpoint, random_weights, lam, heads, temperatures
         raise click.ClickException(f"--strict: {result.n_failed} file(s) could not be scored (see the error column)")
 
 
+# Commands defined in their own modules (each imports the shared options above, so import them last).
+# One line per command module:
+
 if __name__ == "__main__":  # pragma: no cover
     main()
