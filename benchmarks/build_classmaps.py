@@ -162,8 +162,8 @@ def find_wordnet(explicit: str | None) -> Path:
     for d in ([explicit] if explicit else WORDNET_DIRS):
         if d and (Path(d) / "data.noun").is_file():
             return Path(d) / "data.noun"
-    raise SystemExit("WordNet 3.0 data.noun not found; install it with "
-                     "`apt-get install -y --no-install-recommends wordnet-base` or pass --wordnet DIR")
+    raise SystemExit("WordNet 3.0 data.noun not found; install it with `apt-get install -y "
+                     "--no-install-recommends wordnet-base` or pass --wordnet DIR")
 
 
 def imagenet_classes() -> tuple[list[str], list[str]]:
@@ -220,6 +220,24 @@ def build(target: str, synsets, wnids: list[str], names: list[str]) -> dict:
     }
 
 
+def to_json(data: dict) -> str:
+    """JSON with one line per class in the per-class lists and dicts (diff-friendly)."""
+    def dump(v):
+        return json.dumps(v, ensure_ascii=False)
+
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            body = "[\n  " + ",\n  ".join(dump(x) for x in value) + "\n ]"
+        elif isinstance(value, dict) and value:
+            items = (f"{dump(k)}: {dump(v)}" for k, v in value.items())
+            body = "{\n  " + ",\n  ".join(items) + "\n }"
+        else:
+            body = dump(value)
+        parts.append(f" {dump(key)}: {body}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--wordnet", help="folder with WordNet 3.0 data.noun")
@@ -231,11 +249,12 @@ def main(argv=None) -> int:
     wnids, names = imagenet_classes()
     missing = [w for w in wnids if w[1:] not in synsets]
     if missing:
-        raise SystemExit(f"ImageNet synsets missing from data.noun (not WordNet 3.0?): {missing[:5]}")
+        raise SystemExit(f"ImageNet synsets missing from data.noun (not WordNet 3.0?): "
+                         f"{missing[:5]}")
     stale = False
     for target in TARGETS:
         data = build(target, synsets, wnids, names)
-        text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+        text = to_json(data)
         path = Path(args.out) / f"imagenet_to_{target}.json"
         print(f"== {target}: {len(data['classes'])} classes, "
               f"{len(data['unmapped'])} unmapped: {', '.join(data['unmapped']) or '-'}")

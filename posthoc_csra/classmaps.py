@@ -37,7 +37,7 @@ class ClassMap:
                 raise ValueError(f"ClassMap: {name!r} has an ImageNet index outside 0..999")
         empty = [c for c, m in zip(self.classes, self.members) if not m]
         if sorted(empty) != sorted(self.unmapped):
-            raise ValueError(f"ClassMap: unmapped {self.unmapped} != classes without members {empty}")
+            raise ValueError(f"ClassMap: unmapped {self.unmapped} != memberless classes {empty}")
 
     @property
     def mapped(self) -> np.ndarray:
@@ -59,7 +59,7 @@ class ClassMap:
 @lru_cache(maxsize=None)
 def _load(target_space: str) -> ClassMap:
     text = resources.files("posthoc_csra").joinpath(
-        "data", f"imagenet_to_{target_space}.json").read_text(encoding="utf-8")
+        f"data/imagenet_to_{target_space}.json").read_text(encoding="utf-8")
     d = json.loads(text)
     return ClassMap(target_space=d["target_space"], version=str(d["version"]),
                     classes=list(d["classes"]), members=[list(m) for m in d["members"]],

@@ -6,16 +6,16 @@ AP is scikit-learn's ``average_precision_score`` (non-interpolated, tied scores
 grouped at distinct thresholds), computed for all classes at once. With P positives
 in a class, AP = (1/P) * sum over positives p of precision at the end of p's tie
 group, i.e. ``#(positives with score >= s_p) / #(entries with score >= s_p)``.
-Both counts come from one values-only sort per class (``np.sort`` on a (C, N)
-matrix) and batched ``torch.searchsorted``; ignored entries are pushed to -inf and
-clamped out of the counts, so they leave the ranking entirely.
+Both counts come from one values-only sort of the (C, N) score matrix plus a
+binary search vectorised over all positives (no loop over classes or images);
+ignored entries are pushed to -inf and clamped out of the counts, so they leave
+the ranking entirely.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
 import numpy as np
-import torch
 
 __all__ = [
     "average_precision",
@@ -29,7 +29,7 @@ __all__ = [
 
 def _np(x) -> np.ndarray:
     """Array from a numpy array, torch tensor or sequence."""
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -56,59 +56,52 @@ def _masks(targets, ignore, shape) -> tuple:
     return t & ~ign, (ign if ign.any() else None)
 
 
-class _Ranker:
-    """Fixed targets/ignore; ``ap(sK)`` gives AP of (K, N) scores of the K classes with positives.
+def _lower_bound(flat: np.ndarray, start: np.ndarray, width: int, q: np.ndarray) -> np.ndarray:
+    """Per query, first index i in [start, start + width) with flat[i] >= q (else start + width).
 
-    Classes are ordered by positive count and split into power-of-two buckets so the
-    padded (K_b, P_max) tables of positives waste at most half their room.
+    Branchless binary search, vectorised over all queries; each segment sorted ascending.
     """
+    base, n = start.copy(), width
+    while n > 1:
+        half = n // 2
+        base += np.where(flat[base + half] < q, half, 0)
+        n -= half
+    return base + (flat[base] < q) if width else base
+
+
+class _Ranker:
+    """Fixed targets/ignore; ``ap(sK)`` gives AP of (K, N) scores of the K classes with positives."""
 
     def __init__(self, pos: np.ndarray, ign: Optional[np.ndarray]):
         n, c = pos.shape
         counts = pos.sum(0)
         self.n, self.n_classes = n, c
-        self.cls = np.argsort(counts, kind="stable")
-        self.cls = self.cls[counts[self.cls] > 0]  # (K,) class ids, by ascending P
-        pk = counts[self.cls]
+        self.cls = np.flatnonzero(counts)  # (K,) classes with a positive
+        self.pk = counts[self.cls]
         self.ignK = None if ign is None else np.ascontiguousarray(ign.T[self.cls])
-        nign = np.zeros(len(pk), np.int64) if ign is None else self.ignK.sum(1)
-        r, col = np.nonzero(pos.T[self.cls])  # row-major: r sorted, counts pk
-        off = np.concatenate([[0], np.cumsum(pk)])
-        j = np.arange(len(r)) - np.repeat(off[:-1], pk)  # slot within the class row
-        bucket = np.ceil(np.log2(np.maximum(pk, 1))).astype(np.int64)
-        edges = np.concatenate([[0], np.flatnonzero(np.diff(bucket)) + 1, [len(pk)]])
-        edges = edges if len(pk) else edges[:1]
-        self.groups = []
-        for a, e in zip(edges[:-1], edges[1:]):  # at most log2(N) + 1 buckets
-            sl = slice(off[a], off[e])
-            idx = np.zeros((e - a, pk[e - 1]), np.intp)
-            pad = np.ones(idx.shape, bool)
-            idx[r[sl] - a, j[sl]] = col[sl]
-            pad[r[sl] - a, j[sl]] = False
-            self.groups.append((a, e, idx, pad, pk[a:e, None], nign[a:e, None]))
+        self.r, self.col = np.nonzero(pos.T[self.cls])  # (T,) positives, grouped by class
+        self.seg_end = np.cumsum(self.pk)[self.r]  # end of each positive's class segment
+        nign = np.zeros(len(self.cls), np.int64) if ign is None else self.ignK.sum(1)
+        self.nign = nign[self.r]
 
     def ap(self, sK: np.ndarray) -> np.ndarray:
         """AP (K,) float64 of scores sK (K, N) in ``self.cls`` order; sK is overwritten."""
-        qs = []
-        for a, e, idx, pad, _, _ in self.groups:
-            q = np.take_along_axis(sK[a:e], idx, axis=1)
-            q[pad] = np.inf  # pads sit above every real score; left-search never counts them
-            q.sort(axis=1)
-            qs.append(q)
+        r, t = self.r, len(self.r)
+        v = sK[r, self.col]
+        v = v[np.lexsort((v, r))]  # class segments kept, scores ascending within each
+        new = np.ones(t, bool)
+        new[1:] = (v[1:] != v[:-1]) | (r[1:] != r[:-1])
+        first = np.maximum.accumulate(np.where(new, np.arange(t), 0))  # start of tie group
+        tp_ge = self.seg_end - first  # positives with score >= v
         if self.ignK is not None:
-            np.copyto(sK, -np.inf, where=self.ignK)
+            np.copyto(sK, -np.inf, where=self.ignK)  # below every real score; clamped out below
         sK.sort(axis=1)
-        if len(sK) and np.isnan(sK[:, -1]).any():  # NaN sorts last
+        if sK.size and np.isnan(sK[:, -1]).any():  # NaN sorts last
             raise ValueError("scores contain NaN")
-        out = np.empty(len(sK))
-        for (a, e, _, pad, p, nign), q in zip(self.groups, qs):
-            qt = torch.from_numpy(q)
-            below = torch.searchsorted(torch.from_numpy(sK[a:e]), qt).numpy()
-            tp_ge = p - torch.searchsorted(qt, qt).numpy()  # positives with score >= q
-            n_ge = self.n - np.maximum(below, nign)  # non-ignored entries with score >= q
-            prec = np.where(pad, 0.0, tp_ge / np.maximum(n_ge, 1).astype(np.float64))
-            out[a:e] = prec.sum(1) / p[:, 0]
-        return out
+        below = _lower_bound(sK.ravel(), r * self.n, self.n, v) - r * self.n
+        n_ge = self.n - np.maximum(below, self.nign)  # non-ignored entries with score >= v
+        prec = tp_ge / n_ge.astype(np.float64)
+        return np.bincount(r, weights=prec, minlength=len(self.cls)) / self.pk
 
     def scatter(self, apK: np.ndarray) -> np.ndarray:
         """(..., K) -> (..., C), NaN for classes without positives."""
@@ -220,7 +213,8 @@ def real_accuracy(scores, real_label_sets) -> float:
     """
     s = _float_scores(scores)
     pred = s.argmax(1)
-    if isinstance(real_label_sets, (np.ndarray, torch.Tensor)) and _np(real_label_sets).ndim == 2:
+    if (isinstance(real_label_sets, np.ndarray) or hasattr(real_label_sets, "detach")) \
+            and _np(real_label_sets).ndim == 2:
         m = _np(real_label_sets).astype(bool)
         if m.shape != s.shape:
             raise ValueError(f"label matrix {m.shape} != scores {s.shape}")

@@ -1,0 +1,494 @@
+"""Which timm architectures ``CSRAScorer`` supports: every architecture with pretrained weights, random init.
+
+Run: ``python benchmarks/compat.py --resume`` (about 1 h on 2 CPU cores; resumable).
+
+For each architecture behind ``timm.list_models(pretrained=True)`` (tags dropped, so one row per
+architecture) a worker process creates the model with random weights (``pretrained=False``, never a
+download) at a small input, builds ``CSRAScorer`` on it and checks, on a random batch of 2:
+
+- ``CSRAScorer(model, lam=0)(x)`` equals ``model(x)`` (≤ 1e-4),
+- ``forward_head(forward_features(x))`` — the base the scorer uses for ``lam > 0`` — equals ``model(x)``,
+- per-location logits are (B, C, L) with the L of the probe and a grid with H * W = L,
+- ``lam=0.3`` gives finite (B, C) scores.
+
+Any failure makes the row unsupported, with the reason. ``exact`` is the scorer's own probe result.
+
+Input size: the smallest of 64, 96, 128, ... px that the model runs at with at least
+``MIN_LOCATIONS`` locations (fewer would make ``exact`` trivially true). Models whose constructor
+takes ``img_size`` (tokens / windowed models) are created for that size; other models are created
+once and probed at growing sizes. If nothing small works, or the scorer rejects the model at the
+small size, the model is created as-is and probed at its default ``pretrained_cfg`` input size;
+``input_size`` in the CSV is the size the row's result comes from.
+
+Classifier layers that timm initialises to zero (MLP-Mixer, ...) are re-drawn at random: with a zero
+classifier every location has the same logits and ``exact`` would be trivially true.
+
+Each model runs in its own forked process (``--workers`` at a time, one torch thread each) with a
+wall-clock ``--timeout``; a model that hangs becomes a ``timeout`` row and one whose process dies
+(OOM kill, segfault) a ``crashed`` row. Both count as unsupported in the summary (the scorer was not
+shown to work on them); the summary also gives the rate among models that finished.
+Rows are appended to the CSV as they finish; ``--resume`` skips models already there,
+``--retry-failed`` re-runs timeout / crashed rows.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import math
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import re
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DEFAULT_CSV = RESULTS / "compat.csv"
+DEFAULT_MD = RESULTS / "compat.md"
+
+COLUMNS = ["model", "head_kind", "feature_format", "num_locations", "exact", "supported", "reason",
+           "seconds", "input_size", "grid", "params_m"]
+SMALL_SIZES = (64, 96, 128, 160, 192, 224)
+MIN_LOCATIONS = 4
+TOLERANCE = 1e-4
+LAM = 0.3
+BATCH = 2
+
+
+# ----------------------------------------------------------------------------- worker side
+
+class _SizeError(Exception):
+    """The model does not run at this input size (or has too few locations there): try another."""
+
+
+def _randomize_zero_layers(model) -> int:
+    """Re-draw Linear / Conv weights that are all zero (zero-initialised classifiers); how many."""
+    import torch
+    from torch import nn
+
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and isinstance(weight, torch.Tensor) \
+                    and weight.numel() and not weight.any():
+                fan_in = max(1, weight[0].numel())
+                weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+                if getattr(module, "bias", None) is not None:
+                    module.bias.normal_(0.0, 0.1)
+                count += 1
+    return count
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _max_diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
+    """Probe one created model at ``hw`` = (H, W) px. Raises _SizeError when the size itself is the problem."""
+    import torch
+    from posthoc_csra.heads import UnsupportedModelError
+    from posthoc_csra.scorer import CSRAScorer
+
+    size = "%dx%d" % hw
+    x = torch.randn(BATCH, 3, *hw, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        try:
+            y = model(x)
+        except Exception as err:  # noqa: BLE001
+            raise _SizeError(f"model({BATCH}x3x{size}) failed: {_short(err, 200)}") from err
+    row = {"input_size": f"3x{size}"}
+
+    def unsupported(reason: str) -> Dict:
+        row.update(supported=False, reason=reason)
+        return row
+
+    if not isinstance(y, torch.Tensor) or y.ndim != 2:
+        return unsupported(f"model(x) returns {getattr(y, 'shape', type(y).__name__)}, not (B, num_classes) logits")
+    try:
+        scorer = CSRAScorer(model, lam=0.0, input_size=(3, *hw))
+    except UnsupportedModelError as err:
+        return unsupported(str(err))
+    except Exception as err:  # noqa: BLE001 - a scorer bug, not a clean rejection: still a reason
+        return unsupported(f"CSRAScorer raised {_short(err)}")
+    row.update(head_kind=scorer.head_kind, feature_format=scorer.feature_format,
+               num_locations=scorer.probe_locations, exact=bool(scorer.exact))
+    if scorer.probe_locations < MIN_LOCATIONS and not allow_few_locations:
+        raise _SizeError(f"only {scorer.probe_locations} locations at {size} px")
+    with torch.no_grad():
+        try:
+            base = scorer(x)
+        except Exception as err:  # noqa: BLE001
+            return unsupported(f"CSRAScorer(lam=0) failed: {_short(err)}")
+        if base.shape != y.shape or _max_diff(base, y) > TOLERANCE:
+            return unsupported(f"CSRAScorer(lam=0) != model(x) (max diff {_max_diff(base, y):.3g})")
+        try:
+            out = scorer.forward_locations(x)
+        except Exception as err:  # noqa: BLE001
+            return unsupported(f"forward_locations failed on a batch of {BATCH}: {_short(err)}")
+        scale = max(1.0, float(y.abs().max()))
+        if out.logits.shape != y.shape or _max_diff(out.logits, y) > TOLERANCE * scale:
+            return unsupported("forward_head(forward_features(x)) != model(x) "
+                               f"(max diff {_max_diff(out.logits, y):.3g}): the scorer's base is not the model's output")
+        expected = (BATCH, y.shape[1], scorer.probe_locations)
+        if tuple(out.location_logits.shape) != expected:
+            return unsupported(f"location_logits {tuple(out.location_logits.shape)} != {expected}")
+        h, w = out.grid
+        row["grid"] = f"{h}x{w}"
+        if h * w != scorer.probe_locations:
+            return unsupported(f"grid {h}x{w} does not hold {scorer.probe_locations} locations")
+        scorer.lam = LAM
+        try:
+            scores = scorer(x)
+        except Exception as err:  # noqa: BLE001
+            return unsupported(f"CSRAScorer(lam={LAM}) failed: {_short(err)}")
+        if scores.shape != y.shape:
+            return unsupported(f"CSRAScorer(lam={LAM}) returns {tuple(scores.shape)}, expected {tuple(y.shape)}")
+        if not bool(torch.isfinite(scores).all()):
+            return unsupported(f"CSRAScorer(lam={LAM}) returns non-finite scores")
+    row.update(supported=True, reason="")
+    return row
+
+
+def _create(arch: str, size: Optional[int]):
+    """(model, took_img_size). ``size=None``: the model as registered (its default size)."""
+    import timm
+
+    if size is None:
+        return timm.create_model(arch, pretrained=False), False
+    try:
+        return timm.create_model(arch, pretrained=False, img_size=size), True
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+    return timm.create_model(arch, pretrained=False), False
+
+
+def _prepare(model):
+    model.eval()
+    _randomize_zero_layers(model)
+    return model
+
+
+def probe_arch(arch: str) -> Dict:
+    """Everything the CSV row needs for one architecture (run inside a worker)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    default_hw = tuple(int(v) for v in ((getattr(cfg, "input_size", None) or (3, 224, 224))[-2:]))
+    row: Optional[Dict] = None
+    model, sized, params = None, True, None
+    for size in [s for s in SMALL_SIZES if s < min(default_hw)]:
+        if model is None or sized:  # models that take img_size are created for each size
+            model = None
+            try:
+                model, sized = _create(arch, size)
+            except Exception:  # noqa: BLE001 - not at this img_size; the default is tried last
+                continue
+            model = _prepare(model)
+            params = sum(p.numel() for p in model.parameters())
+        try:
+            row = _check(model, (size, size), allow_few_locations=False)
+            break
+        except _SizeError:
+            row = None
+    if row is not None and row.get("supported"):
+        row["params_m"] = round(params / 1e6, 2)
+        return row
+    small_row = row
+    # The model as registered, at its default pretrained_cfg input size.
+    model = None
+    model = _prepare(_create(arch, None)[0])
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        row = _check(model, default_hw, allow_few_locations=True)
+    except _SizeError as err:
+        row = {"input_size": "3x%dx%d" % default_hw, "supported": False,
+               "reason": f"model does not run at its default input size: {err}"}
+    if not row.get("supported") and small_row is not None and small_row.get("reason") != row.get("reason"):
+        row["reason"] = f"{row['reason']} (at {small_row['input_size']}: {small_row['reason']})"
+    row["params_m"] = round(params / 1e6, 2)
+    return row
+
+
+def _worker(arch: str, conn, threads: int) -> None:
+    # Quiet: the model's prints and warnings would break the progress bar.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    warnings.simplefilter("ignore")
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        row = probe_arch(arch)
+    except Exception as err:  # noqa: BLE001
+        tb = traceback.extract_tb(err.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        row = {"supported": False, "reason": f"error creating/probing the model: {_short(err)}{where}"}
+    row["model"] = arch
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    conn.send(row)
+    conn.close()
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def list_archs() -> List[str]:
+    import timm
+
+    return sorted({name.split(".", 1)[0] for name in timm.list_models(pretrained=True)})
+
+
+def read_rows(path: Path) -> List[Dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def is_failure(row: Dict) -> bool:
+    return row.get("reason", "").startswith(("timeout", "crashed"))
+
+
+def _format(row: Dict) -> Dict:
+    out = {key: row.get(key, "") for key in COLUMNS}
+    for key in ("exact", "supported"):
+        if isinstance(out[key], bool):
+            out[key] = str(out[key])
+    return out
+
+
+def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, threads: int) -> None:
+    from tqdm import tqdm
+
+    ctx = mp.get_context("fork")
+    write_header = not csv_path.is_file() or csv_path.stat().st_size == 0
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    pending = list(archs)
+    active: Dict[str, Tuple] = {}  # arch -> (process, conn, start)
+    supported = 0
+    with csv_path.open("a", newline="") as f, tqdm(total=len(archs), unit="model", dynamic_ncols=True) as bar:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if write_header:
+            writer.writeheader()
+
+        def finish(row: Dict) -> None:
+            nonlocal supported
+            writer.writerow(_format(row))
+            f.flush()
+            supported += str(row.get("supported")) == "True"
+            bar.update(1)
+            bar.set_postfix(ok=supported, last=row["model"][:28])
+
+        while pending or active:
+            while pending and len(active) < workers:
+                arch = pending.pop(0)
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(arch, child, threads), daemon=True)
+                proc.start()
+                child.close()
+                active[arch] = (proc, parent, time.perf_counter())
+            waitables = [c for _, c, _ in active.values()] + [p.sentinel for p, _, _ in active.values()]
+            mp.connection.wait(waitables, timeout=1.0)
+            for arch, (proc, conn, start) in list(active.items()):
+                elapsed = time.perf_counter() - start
+                row = None
+                if conn.poll():
+                    try:
+                        row = conn.recv()
+                    except (EOFError, OSError):
+                        row = None
+                    proc.join(5)
+                    if proc.is_alive():
+                        proc.kill()
+                if row is None and not proc.is_alive():
+                    code = proc.exitcode
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    hint = " (signal 9: probably out of memory)" if code == -9 else ""
+                    row = {"model": arch, "supported": False, "seconds": round(elapsed, 2),
+                           "reason": f"crashed: worker {how}{hint}"}
+                elif row is None and elapsed > timeout:
+                    proc.kill()
+                    proc.join(5)
+                    row = {"model": arch, "supported": False, "seconds": round(elapsed, 2),
+                           "reason": f"timeout: no result after {timeout:.0f} s"}
+                if row is not None:
+                    conn.close()
+                    del active[arch]
+                    finish(row)
+
+
+def compact_csv(path: Path) -> None:
+    """One row per model (the latest), sorted by model; atomic rewrite."""
+    rows = {row["model"]: row for row in read_rows(path)}
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for name in sorted(rows):
+            writer.writerow({key: rows[name].get(key, "") for key in COLUMNS})
+    os.replace(tmp, path)
+
+
+def reason_class(reason: str) -> str:
+    """A reason with the model-specific numbers and names blanked, to group similar reasons."""
+    text = reason.split(" (at 3x")[0]
+    text = re.sub(r"\([^()]*\d[^()]*\)", "(...)", text)
+    text = re.sub(r"\d+(\.\d+)?", "N", text)
+    text = re.sub(r"'[^']*'", "'...'", text)
+    return text[:140]
+
+
+def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
+    """(plain text, Markdown) summary of the CSV rows."""
+    n = len(rows)
+    ok = [r for r in rows if r["supported"] == "True"]
+    bad = [r for r in rows if r["supported"] != "True"]
+    failed = [r for r in bad if is_failure(r)]
+    finished = n - len(failed)
+    exact = sum(r["exact"] == "True" for r in ok)
+    pct = lambda a, b: f"{100.0 * a / b:.1f} %" if b else "n/a"  # noqa: E731
+    seconds = sum(float(r["seconds"] or 0) for r in rows)
+    formats = Counter(re.sub(r"NLC\+([2-9]|\d\d+)$", r"NLC+\1", r["feature_format"]) for r in ok)
+    kinds = Counter(r["head_kind"] for r in ok)
+    sizes = Counter(r["input_size"] for r in ok)
+    reasons = Counter(reason_class(r["reason"]) for r in bad)
+    examples: Dict[str, List[str]] = {}
+    for r in bad:
+        examples.setdefault(reason_class(r["reason"]), []).append(r["model"])
+
+    lines = [
+        f"architectures: {n}",
+        f"supported: {len(ok)} ({pct(len(ok), n)}); timeouts/crashes ({len(failed)}) count as unsupported; "
+        f"among the {finished} that finished: {pct(len(ok), finished)}",
+        f"exact (mean of per-location logits = model logits): {exact} of {len(ok)} supported ({pct(exact, len(ok))})",
+        f"worker time: {seconds / 3600:.2f} h in all (sum over models)",
+    ]
+    md = [
+        "# CSRAScorer compatibility with timm architectures",
+        "",
+        f"Produced by `{command}` with timm {_timm_version()} and torch {_torch_version()}, "
+        "random weights (`pretrained=False`), CPU. One row per architecture behind "
+        "`timm.list_models(pretrained=True)` in `compat.csv`.",
+        "",
+        "A row is *supported* when `CSRAScorer` accepts the model and, on a random batch of 2 at the "
+        "row's input size, `lam=0` reproduces `model(x)` (≤ 1e-4), `forward_head(forward_features(x))` "
+        f"equals `model(x)`, per-location logits are (B, C, L) with a grid of L cells, and `lam={LAM}` "
+        "gives finite (B, C) scores. *exact*: the mean of the per-location logits equals the model's "
+        "logits (pool → linear heads). Timeouts and crashed workers count as unsupported.",
+        "",
+        "| | count | share |",
+        "|---|---:|---:|",
+        f"| architectures | {n} | |",
+        f"| supported | {len(ok)} | {pct(len(ok), n)} |",
+        f"| supported among finished (excl. {len(failed)} timeouts/crashes) | {len(ok)} of {finished} | "
+        f"{pct(len(ok), finished)} |",
+        f"| exact (of supported) | {exact} | {pct(exact, len(ok))} |",
+        f"| worker time, sum over models | {seconds / 3600:.2f} h | |",
+        "",
+    ]
+
+    def table(title: str, counter: Counter, top: Optional[int] = None) -> None:
+        lines.append(f"{title}:")
+        md.extend([f"## {title}", "", "| | count |", "|---|---:|"])
+        for key, count in counter.most_common(top):
+            lines.append(f"  {count:5d}  {key}")
+            md.append(f"| `{key}` | {count} |")
+        md.append("")
+
+    table("Supported by feature format", formats)
+    table("Supported by head kind", kinds)
+    table("Supported by input size used", sizes)
+    lines.append("Top unsupported reasons:")
+    md.extend(["## Unsupported reasons", "", "| reason (numbers blanked) | count | e.g. |", "|---|---:|---|"])
+    for key, count in reasons.most_common(15):
+        eg = ", ".join(examples[key][:4])
+        lines.append(f"  {count:5d}  {key}   e.g. {eg}")
+        md.append(f"| {key.replace('|', '/')} | {count} | {eg} |")
+    md.extend(["", "## All unsupported", "", "| model | reason |", "|---|---|"])
+    for r in sorted(bad, key=lambda r: r["model"]):
+        md.append(f"| {r['model']} | {r['reason'].replace('|', '/')} |")
+    md.append("")
+    return "\n".join(lines), "\n".join(md)
+
+
+def _timm_version() -> str:
+    import timm
+
+    return timm.__version__
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--resume", action="store_true", help="skip models already in the CSV")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="with --resume: re-run models whose row is a timeout or crash")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N architectures (after --models)")
+    parser.add_argument("--models", default="*", help="fnmatch pattern(s), comma separated (default: all)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    parser.add_argument("--md", type=Path, default=DEFAULT_MD)
+    args = parser.parse_args(argv)
+    command = "python benchmarks/compat.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+    # Imported once here so that forked workers start warm.
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+    import posthoc_csra.scorer  # noqa: F401
+
+    patterns = [p.strip() for p in args.models.split(",") if p.strip()]
+    archs = [a for a in list_archs() if any(fnmatch.fnmatch(a, p) for p in patterns)]
+    if args.limit is not None:
+        archs = archs[:args.limit]
+    if not args.resume and args.csv.is_file():
+        args.csv.unlink()
+    done = {}
+    for row in read_rows(args.csv):
+        done[row["model"]] = row
+    todo = [a for a in archs if a not in done or (args.retry_failed and is_failure(done[a]))]
+    print(f"{len(archs)} architectures selected, {len(archs) - len(todo)} already in {args.csv}, "
+          f"{len(todo)} to run ({args.workers} workers x {args.threads} threads, timeout {args.timeout:.0f} s)",
+          flush=True)
+    start = time.perf_counter()
+    try:
+        run_all(todo, args.csv, args.workers, args.timeout, args.threads)
+    finally:
+        if args.csv.is_file():
+            compact_csv(args.csv)
+    wall = time.perf_counter() - start
+    rows = [r for r in read_rows(args.csv) if r["model"] in set(archs)]
+    text, md = summarize(rows, command)
+    print(text)
+    print(f"wall time of this run: {wall / 60:.1f} min for {len(todo)} models")
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""On-disk cache of per-image CSRA statistics: one backbone pass per (model, weights, dataset, preprocessing).
+
+Per image and class it stores what ``CSRAScorer.statistics`` returns: the model's logits, the
+softmax of them, and per score space (logit, prob) the mean over locations and the attention
+terms at ``rule.STAT_TEMPERATURES`` (T = 1..7 and inf, the last being the max over locations).
+That is enough to evaluate any λ, head set and space without the model.
+
+Layout: ``<cache_dir>/stats/<key>/`` holds ``meta.json`` (the fields the key hashes) and, per
+chunk of ``chunk_size`` images, ``chunk-NNNNN.npz`` plus its sidecar ``chunk-NNNNN.json``
+(rows, byte count, sha256 of the .npz). Every file is written to a hidden temp file in the
+same folder and renamed into place, the sidecar after its chunk, so a chunk exists only once it
+is complete. An interrupted run keeps its finished chunks; the next one computes only the rest.
+A chunk whose sidecar is missing/unreadable or whose bytes or arrays do not match is recomputed
+with a warning. Memory during computation is one chunk plus the DataLoader's prefetch.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .spec import SPACES, STAT_TEMPERATURES
+
+log = logging.getLogger("posthoc_csra")
+
+CACHE_FORMAT = 1
+DEFAULT_CHUNK_SIZE = 256
+#: Arrays stored per chunk (``logit_base`` is ``logits`` and is not stored twice).
+STAT_KEYS: Tuple[str, ...] = ("logits", "prob_base") + tuple(
+    f"{space}_{part}" for space in SPACES for part in ("mean", "att"))
+
+
+class CacheCorruptError(RuntimeError):
+    """A cache chunk changed between validation and loading."""
+
+
+class BadImageError(RuntimeError):
+    """An image of a benchmark dataset could not be decoded or transformed (benchmarks need all)."""
+
+
+def cache_key(fields: dict) -> str:
+    """sha256 (hex) of the canonical JSON of everything that changes the numbers."""
+    blob = json.dumps({"cache_format": CACHE_FORMAT, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(name: str, checkpoint=None, pretrained: Optional[bool] = None, model=None) -> Tuple[str, str]:
+    """(label for the table, identity for the key) of the weights ``load_model`` uses for these arguments."""
+    from . import weights as _weights
+
+    arch = name.split(".", 1)[0]
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir() or path.suffix == ".json":
+            entry = _weights.read_manifest(path)[arch]
+            return f"manifest:{entry.name}", _entry_identity(entry)
+        return path.name, f"sha256:{file_sha256(path)}"
+    if pretrained is False:
+        return "random", "random:torch.manual_seed(0)"
+    if pretrained is None:
+        entry = _weights.find_local_weights(name)
+        if entry is not None:
+            return f"local:{entry.name}", _entry_identity(entry)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    tag = cfg.get("hf_hub_id") or cfg.get("url") or name
+    return f"hub:{tag}", f"hub:{tag}:{cfg.get('tag', '')}"
+
+
+def _entry_identity(entry) -> str:
+    """A weights entry: file hash, loader and the timm kwargs it builds the model with."""
+    extra = json.dumps({"loader": entry.loader, "model_kwargs": entry.model_kwargs,
+                        "pretrained_cfg_overlay": entry.pretrained_cfg_overlay}, sort_keys=True)
+    return f"sha256:{entry.sha256 or file_sha256(entry.file)} {extra}"
+
+
+def json_ready(obj):
+    """Tuples → lists, numpy scalars → Python, recursively (for hashing and meta.json)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a hidden temp path beside ``path``; rename it into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_ready(data), indent=1, sort_keys=True), encoding="utf-8")
+
+
+class StatsCache:
+    """The chunk files of one cache key (see the module docstring)."""
+
+    def __init__(self, cache_dir: Union[str, Path], fields: dict, n_images: int, n_classes: int,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.fields = json_ready(fields)
+        self.key = cache_key(self.fields)
+        self.path = Path(cache_dir).expanduser() / "stats" / self.key
+        self.n_images, self.n_classes, self.chunk_size = int(n_images), int(n_classes), int(chunk_size)
+        self.meta = {"cache_format": CACHE_FORMAT, "key": self.key, "fields": self.fields,
+                     "n_images": self.n_images, "n_classes": self.n_classes, "chunk_size": self.chunk_size,
+                     "temperatures": [str(t) for t in STAT_TEMPERATURES], "arrays": list(STAT_KEYS)}
+        self._open()
+
+    def _open(self) -> None:
+        meta_path = self.path / "meta.json"
+        if meta_path.is_file():
+            try:
+                stored = json.loads(meta_path.read_text(encoding="utf-8"))
+                same = {k: v for k, v in stored.items() if k != "created"} == json_ready(self.meta)
+            except (OSError, ValueError):
+                same = False
+            if same:
+                return
+            warnings.warn(f"posthoc-csra: stale or unreadable statistics cache {self.path}; recomputing it")
+            shutil.rmtree(self.path, ignore_errors=True)
+        write_json_atomic(meta_path, {**self.meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_images // self.chunk_size)
+
+    def rows(self, chunk: int) -> Tuple[int, int]:
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, self.n_images)
+
+    def _files(self, chunk: int) -> Tuple[Path, Path]:
+        return self.path / f"chunk-{chunk:05d}.npz", self.path / f"chunk-{chunk:05d}.json"
+
+    def _shapes(self, chunk: int) -> Dict[str, tuple]:
+        n = self.rows(chunk)[1] - self.rows(chunk)[0]
+        h, c = len(STAT_TEMPERATURES), self.n_classes
+        return {k: (n, h, c) if k.endswith("_att") else (n, c) for k in STAT_KEYS}
+
+    def _read(self, chunk: int) -> Tuple[Optional[dict], Optional[dict], str]:
+        """(arrays, sidecar, problem): arrays None with a reason when the chunk is missing or bad."""
+        data_path, side_path = self._files(chunk)
+        if not side_path.is_file() or not data_path.is_file():
+            return None, None, "missing"
+        try:
+            side = json.loads(side_path.read_text(encoding="utf-8"))
+            blob = data_path.read_bytes()
+            if len(blob) != side["bytes"] or hashlib.sha256(blob).hexdigest() != side["sha256"]:
+                return None, None, "checksum mismatch"
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in STAT_KEYS}
+        except Exception as err:  # truncated / garbage JSON or npz
+            return None, None, f"unreadable ({type(err).__name__}: {err})"
+        bad = [k for k, shape in self._shapes(chunk).items()
+               if arrays[k].shape != shape or arrays[k].dtype != np.float32]
+        if bad or side.get("rows") != list(self.rows(chunk)):
+            return None, None, f"wrong shape/rows for {bad or 'rows'}"
+        return arrays, side, ""
+
+    def missing_chunks(self) -> List[int]:
+        """Chunks to compute; corrupt ones are deleted with a warning."""
+        todo = []
+        for chunk in range(self.n_chunks):
+            arrays, _, problem = self._read(chunk)
+            if arrays is None:
+                if problem != "missing":
+                    warnings.warn(f"posthoc-csra: statistics cache chunk {self._files(chunk)[0]} is corrupt "
+                                  f"({problem}); recomputing it")
+                    for p in self._files(chunk):
+                        p.unlink(missing_ok=True)
+                todo.append(chunk)
+        return todo
+
+    def write_chunk(self, chunk: int, arrays: Dict[str, np.ndarray], info: Optional[dict] = None) -> None:
+        """Write one complete chunk atomically (data first, then its sidecar)."""
+        shapes = self._shapes(chunk)
+        arrays = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in STAT_KEYS}
+        for k, shape in shapes.items():
+            if arrays[k].shape != shape:
+                raise ValueError(f"chunk {chunk}: {k} has shape {arrays[k].shape}, expected {shape}")
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        blob = buffer.getvalue()
+        data_path, side_path = self._files(chunk)
+        with atomic_path(data_path) as tmp:
+            tmp.write_bytes(blob)
+        write_json_atomic(side_path, {"rows": list(self.rows(chunk)), "bytes": len(blob),
+                                      "sha256": hashlib.sha256(blob).hexdigest(), "info": info or {}})
+
+    def load(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        """All chunks as (N, C) / (N, 8, C) float32 arrays (plus ``logit_base``) and the scorer info."""
+        n, h, c = self.n_images, len(STAT_TEMPERATURES), self.n_classes
+        out = {k: np.empty((n, h, c) if k.endswith("_att") else (n, c), np.float32) for k in STAT_KEYS}
+        info: dict = {}
+        for chunk in range(self.n_chunks):
+            arrays, side, problem = self._read(chunk)
+            if arrays is None:
+                raise CacheCorruptError(f"statistics cache chunk {self._files(chunk)[0]}: {problem}")
+            start, end = self.rows(chunk)
+            for k in STAT_KEYS:
+                out[k][start:end] = arrays[k]
+            info = info or side.get("info", {})
+        out["logit_base"] = out["logits"]
+        return out, info
+
+
+class _Items:
+    """Dataset items → (index, transformed image or None, error naming the image) for the DataLoader."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        from .images import ImageLoadError
+        try:
+            return i, self.transform(self.dataset[i][0]), None
+        except ImageLoadError as err:
+            return i, None, str(err)
+        except Exception as err:
+            return i, None, f"{self.dataset.image_id(i)}: {type(err).__name__}: {err}"
+
+
+def _collate(batch):
+    import torch
+    bad = [(i, e) for i, _, e in batch if e is not None]
+    if bad:
+        return None, [i for i, _, _ in batch], bad
+    return torch.stack([x for _, x, _ in batch]), [i for i, _, _ in batch], []
+
+
+def compute_chunks(cache: StatsCache, chunks: List[int], dataset, transform, make_scorer: Callable,
+                   runtime, batch_size: int = 32, workers: int = 2, progress: bool = True,
+                   desc: str = "statistics") -> int:
+    """Run the backbone over the images of ``chunks`` and write each chunk as it completes.
+
+    ``make_scorer()`` → a CSRAScorer on the runtime's device, built only here (so a full cache
+    hit runs no forward pass at all). Returns the number of images passed through the backbone.
+    Raises BadImageError naming the first image that cannot be loaded; finished chunks stay.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not chunks:
+        return 0
+    scorer = make_scorer()
+    info = {"exact": bool(scorer.exact), "describe": scorer.describe(), "num_classes": scorer.num_classes}
+    if scorer.num_classes != cache.n_classes:
+        raise ValueError(f"the model has {scorer.num_classes} classes, the cache expects {cache.n_classes}")
+    batches, owner = [], []
+    for chunk in chunks:
+        start, end = cache.rows(chunk)
+        for b in range(start, end, batch_size):
+            batches.append(list(range(b, min(b + batch_size, end))))
+            owner.append(chunk)
+    loader = torch.utils.data.DataLoader(_Items(dataset, transform), batch_sampler=batches,
+                                         num_workers=workers, collate_fn=_collate,
+                                         pin_memory=runtime.torch_device.type == "cuda")
+    total = sum(len(b) for b in batches)
+    buffers: Dict[str, list] = {k: [] for k in STAT_KEYS}
+    done = 0
+    with torch.inference_mode(), tqdm(total=total, unit="img", desc=desc, disable=not progress,
+                                      file=sys.stderr) as bar:
+        for n, (images, _, bad) in enumerate(loader):
+            if bad:
+                raise BadImageError(f"{getattr(dataset, 'name', 'dataset')}: image {bad[0][1]} "
+                                    f"({len(bad)} bad in this batch; benchmarks need every image)")
+            with runtime.autocast():
+                stats = scorer.statistics(runtime.inputs(images))
+            for k in STAT_KEYS:
+                buffers[k].append(stats[k].float().numpy())
+            done += len(images)
+            bar.update(len(images))
+            if n + 1 == len(batches) or owner[n + 1] != owner[n]:
+                cache.write_chunk(owner[n], {k: np.concatenate(v) for k, v in buffers.items()}, info)
+                buffers = {k: [] for k in STAT_KEYS}
+    return done
+
+
+def ensure_statistics(cache: StatsCache, dataset, transform, make_scorer: Callable, runtime,
+                      **compute_kwargs) -> Tuple[Dict[str, np.ndarray], dict, int]:
+    """(arrays, scorer info, images passed through the backbone): compute what is missing, then load."""
+    todo = cache.missing_chunks()
+    if todo:
+        log.info("posthoc-csra: statistics cache %s: computing %d of %d chunk(s)",
+                 cache.path, len(todo), cache.n_chunks)
+    computed = compute_chunks(cache, todo, dataset, transform, make_scorer, runtime, **compute_kwargs)
+    arrays, info = cache.load()
+    return arrays, info, computed
+
+
+def clean_temp_files(cache_dir: Union[str, Path], older_than_s: float = 86400.0) -> int:
+    """Remove temp files left by killed runs (older than a day by default). Returns how many."""
+    removed, now = 0, time.time()
+    for tmp in Path(cache_dir).glob("stats/*/.*.tmp-*"):
+        if now - tmp.stat().st_mtime > older_than_s:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+__all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
+           "weights_identity", "ensure_statistics", "compute_chunks", "atomic_path", "clean_temp_files"]

@@ -1,0 +1,258 @@
+"""Where does each class score come from? Per-location score maps (and attention) over the image.
+
+``explain_image`` runs one backbone pass, ranks the classes by their CSRA score and draws, per
+class, the per-location scores ``s`` (the input of the CSRA attention, in the chosen space) over
+the region of the photo the model saw, upsampled with the model's own crop geometry.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT, what timm uses when crop_pct is None
+Box = Tuple[float, float, float, float]
+
+
+def crop_box(image_size: Tuple[int, int], config: Mapping) -> Box:
+    """(left, top, right, bottom) of the region of a (W, H) image that timm's eval transform feeds the model.
+
+    Mirrors ``timm.data.transforms_imagenet_eval`` for the data config (``input_size``, ``crop_pct``,
+    ``crop_mode`` center / squash / border, ``crop_border_pixels``): resize (shorter side to
+    ``img_size / crop_pct`` for center, both sides for squash, longer side for border), then center
+    crop (or pad) to ``img_size``. In original pixel coordinates; it lies outside the image where
+    border mode pads.
+    """
+    width, height = image_size
+    out_h, out_w = (int(v) for v in config["input_size"][-2:])
+    crop_pct = config.get("crop_pct") or DEFAULT_CROP_PCT
+    mode = config.get("crop_mode") or "center"
+    trim = int(config.get("crop_border_pixels") or 0)
+    x0, y0 = min(trim, height), min(trim, height)  # timm's TrimBorder clamps both to the height
+    width, height = max(0, width - 2 * trim), max(0, height - 2 * trim)
+    scale_h, scale_w = math.floor(out_h / crop_pct), math.floor(out_w / crop_pct)
+    if mode == "squash":
+        new_h, new_w = scale_h, scale_w
+    elif mode == "center" and scale_h == scale_w:  # torchvision Resize(int): shorter side
+        short, long = sorted((width, height))
+        new_short, new_long = scale_h, int(scale_h * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    else:  # timm ResizeKeepRatio: longest=0 (center, non-square) or 1 (border)
+        ratios = (height / scale_h, width / scale_w)
+        ratio = max(ratios) if mode == "border" else min(ratios)
+        new_h, new_w = round(height / ratio), round(width / ratio)
+
+    def offset(size: int, crop: int) -> int:  # torchvision / timm center crop, padding when too small
+        return -((crop - size) // 2) if crop > size else int(round((size - crop) / 2.0))
+
+    sx, sy = width / new_w, height / new_h
+    left, top = offset(new_w, out_w), offset(new_h, out_h)
+    return (x0 + left * sx, y0 + top * sy, x0 + (left + out_w) * sx, y0 + (top + out_h) * sy)
+
+
+def short_name(label: str) -> str:
+    """The first synonym of a class label ("Boston bull, Boston terrier" → "Boston bull")."""
+    return label.split(",")[0].strip()
+
+
+def match_classes(queries: Sequence[str], names: Sequence[str]) -> List[int]:
+    """Class indices whose label, or any comma-separated synonym of it, equals a query (case-insensitive).
+
+    A name shared by several classes (ImageNet's two "crane"s) selects all of them. Unknown names
+    raise ValueError with the closest synonyms.
+    """
+    synonyms: Dict[str, List[int]] = {}
+    for index, label in enumerate(names):
+        for key in {label.strip().lower(), *(s.strip().lower() for s in label.split(","))}:
+            if key:
+                synonyms.setdefault(key, []).append(index)
+    found: List[int] = []
+    for query in queries:
+        hits = synonyms.get(query.strip().lower())
+        if hits is None:
+            close = difflib.get_close_matches(query.strip().lower(), list(synonyms), n=5, cutoff=0.6)
+            hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+            raise ValueError(f"unknown class name {query!r} (none of the model's {len(names)} class labels "
+                             f"or their synonyms){hint}")
+        found += [i for i in hits if i not in found]
+    return found
+
+
+@dataclass
+class Explanation:
+    """Per-class maps for one image. Maps are (k, H, W) on the model's location grid, row-major over the crop."""
+
+    image: Path
+    model: str
+    image_size: Tuple[int, int]  # (W, H) of the original image
+    crop_box: Box  # (left, top, right, bottom) in original pixels: what the model saw
+    grid: Tuple[int, int]
+    classes: List[int]
+    names: List[str]
+    base: np.ndarray  # (k,) the model's scores in ``space``
+    csra: np.ndarray  # (k,) base + λ·attention
+    maps: np.ndarray  # (k, H, W) per-location scores s in ``space``
+    attention: Dict[float, np.ndarray] = field(default_factory=dict)  # T → (k, H, W) softmax(T·s)
+    lam: float = 0.1
+    temperatures: Tuple[float, ...] = (math.inf,)
+    space: str = "logit"
+    output: Optional[Path] = None
+
+    @property
+    def short_names(self) -> List[str]:
+        return [short_name(n) for n in self.names]
+
+    def to_image(self, row: float, col: float) -> Tuple[float, float]:
+        """Grid coordinates (cell centres at integers) → (x, y) in original image pixels."""
+        left, top, right, bottom = self.crop_box
+        height, width = self.grid
+        return (left + (col + 0.5) * (right - left) / width, top + (row + 0.5) * (bottom - top) / height)
+
+    def peak(self, index: int) -> Tuple[float, float]:
+        """(x, y) in original image pixels of the centre of the highest cell of map ``index``."""
+        row, col = np.unravel_index(int(np.argmax(self.maps[index])), self.grid)
+        return self.to_image(row, col)
+
+
+def _format_score(value: float, space: str) -> str:
+    return f"{value:.2f}" if space == "logit" else f"{value:.3f}"
+
+
+def _format_t(t: float) -> str:
+    return "∞" if math.isinf(t) else f"{t:g}"
+
+
+def check_figure_path(output: Union[str, Path]) -> Path:
+    path = Path(output)
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        raise ValueError(f"--output {path}: unknown figure format {path.suffix!r}; use one of "
+                         f"{', '.join(FIGURE_FORMATS)}")
+    return path
+
+
+def explain_image(path, model: str = "tf_efficientnet_lite0", checkpoint=None, pretrained: Optional[bool] = None,
+                  classes: Optional[Sequence[str]] = None, topk: int = 3, lam: float = 0.1, heads=1,
+                  space: str = "logit", img_size: Optional[int] = None, device: str = "cpu",
+                  output: Union[str, Path, None] = None, amp: str = "none",
+                  channels_last: bool = False) -> Explanation:
+    """Score one image with the CSRA rule and draw per-class score maps; one backbone pass.
+
+    Args:
+        classes: class names to show (any synonym of the label, case-insensitive); default the
+            ``topk`` classes by CSRA score. Shown classes are ordered by CSRA score.
+        heads: a paper head count or explicit temperatures; attention weights softmax(T·s) are kept
+            for every finite T.
+        output: the figure file (.png, .jpg, .pdf, .svg); default ``<image stem>_csra.png`` in the
+            current directory.
+    """
+    import torch
+
+    from . import rule
+    from .images import load_rgb
+    from .models import class_names, load_model
+    from .runtime import Runtime
+    from .scorer import CSRAScorer
+    from .scoring import data_transform
+
+    output = check_figure_path(output if output is not None else f"{Path(path).stem}_csra.png")
+    if classes is None and topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
+    rule.check_space(space)
+    runtime = Runtime(device=device, amp=amp, channels_last=channels_last)
+    image = load_rgb(path)
+    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
+                     **({"img_size": img_size} if img_size else {}))
+    names = class_names(net)
+    chosen = match_classes(classes, names) if classes else None
+    transform, config = data_transform(net, img_size)
+    scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
+    with torch.inference_mode(), runtime.autocast():
+        out = scorer.forward_locations(runtime.inputs(transform(image).unsqueeze(0)))
+    with torch.inference_mode():
+        base = rule.base_scores(out.logits.float(), space)[0]
+        s = scorer.location_scores(out.location_logits, space)[0]  # (C, L)
+        scores = rule.csra(base[None], s[None], lam, scorer.temperatures)[0]
+    order = torch.argsort(scores, descending=True, stable=True)
+    keep = order[:min(topk, len(names))] if chosen is None else \
+        order[torch.isin(order, torch.tensor(chosen, device=order.device))]
+    grid = tuple(int(v) for v in out.grid)
+    maps = s[keep].reshape(len(keep), *grid)
+    attention = {t: torch.softmax(t * maps.flatten(1), dim=1).reshape(maps.shape).cpu().numpy()
+                 for t in scorer.temperatures if not math.isinf(t)}
+    idx = keep.cpu().tolist()
+    result = Explanation(
+        image=Path(path), model=model, image_size=image.size, crop_box=crop_box(image.size, config), grid=grid,
+        classes=idx, names=[names[i] for i in idx], base=base[keep].cpu().numpy(), csra=scores[keep].cpu().numpy(),
+        maps=maps.cpu().numpy(), attention=attention, lam=float(lam), temperatures=tuple(scorer.temperatures),
+        space=space)
+    result.output = render(result, output, image)
+    return result
+
+
+def _upsample(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(k, h, w) → (k, H, W) bilinear (half-pixel centres, as the grid cells tile the crop)."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    return torch.nn.functional.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def _attention_rows(temperatures: Sequence[float]) -> List[float]:
+    finite = sorted(t for t in temperatures if not math.isinf(t))
+    return finite if len(finite) <= 2 else finite[-1:]
+
+
+def render(result: Explanation, output: Union[str, Path], image=None, max_side: int = 448,
+           max_columns: int = 5, dpi: int = 120) -> Path:
+    """Draw ``result`` into ``output``: one panel per class (plus attention rows for finite T)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .images import load_rgb
+
+    output = check_figure_path(output)
+    image = image if image is not None else load_rgb(result.image)
+    left, top, right, bottom = result.crop_box
+    crop = image.crop(tuple(int(round(v)) for v in result.crop_box))  # zero fill where border mode pads
+    scale = min(1.0, max_side / max(crop.size))
+    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))))
+    pixels = np.asarray(crop)
+    extent = (left, right, bottom, top)  # axes in original image pixels
+
+    rows = [None] + _attention_rows(result.temperatures)  # None: the score map
+    k = len(result.classes)
+    ncols = math.ceil(k / math.ceil(k / max_columns))
+    nrows = math.ceil(k / ncols) * len(rows)
+    aspect = (bottom - top) / max(right - left, 1e-9)
+    fig = Figure(figsize=(4.6 * ncols, (3.9 * aspect + 0.8) * nrows + 0.4), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, name in enumerate(result.short_names):
+        for r, t in enumerate(rows):
+            ax = fig.add_subplot(nrows, ncols, ((i // ncols) * len(rows) + r) * ncols + i % ncols + 1)
+            values = result.maps[i] if t is None else result.attention[t][i]
+            ax.imshow(pixels, extent=extent, interpolation="bilinear")
+            shown = ax.imshow(_upsample(values[None], pixels.shape[:2])[0], extent=extent, cmap="jet",
+                              alpha=0.4, interpolation="nearest")
+            x, y = result.to_image(*np.unravel_index(int(np.argmax(values)), result.grid))
+            ax.plot([x], [y], marker="+", color="white", markersize=16, markeredgewidth=3)
+            ax.set_axis_off()
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=9)
+            if t is None:
+                title = (f"{name} — base {_format_score(result.base[i], result.space)} · CSRA "
+                         f"{_format_score(result.csra[i], result.space)} (λ={result.lam:g}, {result.space})")
+            else:
+                title = f"{name} — attention softmax(T·s), T={_format_t(t)}"
+            ax.set_title(textwrap.fill(title, 44), fontsize=11)
+    heads = ",".join(_format_t(t) for t in result.temperatures)
+    what = "logit of the L2-normalised classifier" if result.space == "logit" else "softmax probability"
+    fig.suptitle(f"{result.image.name} · {result.model} · heads T={{{heads}}} · per-location score s = {what} "
+                 f"on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)", fontsize=12)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=dpi)
+    return output

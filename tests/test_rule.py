@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from posthoc_csra import rule
+
+
+def test_head_sets_are_the_papers():
+    assert rule.HEAD_SETS[1] == (math.inf,)
+    assert rule.HEAD_SETS[2] == (1, math.inf)
+    assert rule.HEAD_SETS[4] == (1, 2, 4, math.inf)
+    assert rule.HEAD_SETS[6] == (1, 2, 3, 4, 5, math.inf)
+    assert rule.HEAD_SETS[8] == (1, 2, 3, 4, 5, 6, 7, math.inf)
+    assert rule.STAT_TEMPERATURES == rule.HEAD_SETS[8]
+
+
+def test_resolve_temperatures():
+    assert rule.resolve_temperatures(4) == (1, 2, 4, math.inf)
+    assert rule.resolve_temperatures([1]) == (1.0,)
+    with pytest.raises(ValueError, match="paper head set"):
+        rule.resolve_temperatures(3)
+    with pytest.raises(ValueError, match="positive"):
+        rule.resolve_temperatures([0])
+    assert rule.parse_temperature("inf") == math.inf and rule.parse_temperature(" 2 ") == 2.0
+
+
+def test_max_is_the_infinite_temperature_limit():
+    s = torch.randn(3, 5, 7, dtype=torch.float64)
+    big = rule.attention(s, 1e4)
+    assert torch.allclose(big, rule.attention(s, math.inf), atol=1e-6)
+    assert torch.allclose(rule.attention(s, math.inf), s.amax(-1))
+
+
+def test_zero_temperature_limit_is_the_mean():
+    s = torch.randn(2, 4, 9, dtype=torch.float64)
+    assert torch.allclose(rule.attention(s, 1e-9), s.mean(-1), atol=1e-6)
+
+
+def test_finite_temperature_matches_the_papers_formula():
+    s = torch.randn(2, 3, 5)
+    t = 3.0
+    expected = torch.stack([torch.stack([(s[b, c] * torch.softmax(t * s[b, c], 0)).sum() for c in range(3)])
+                            for b in range(2)])
+    assert torch.allclose(rule.attention(s, t), expected, atol=1e-6)
+
+
+def test_combine_is_base_plus_lambda_over_h_times_sum():
+    base, s = torch.randn(2, 3), torch.randn(2, 3, 6)
+    temps = rule.HEAD_SETS[4]
+    terms = rule.attention_terms(s, temps)
+    assert terms.shape == (2, 4, 3)
+    out = rule.csra(base, s, 0.4, temps)
+    assert torch.allclose(out, base + 0.1 * sum(rule.attention(s, t) for t in temps))
+    assert rule.csra(base, s, 0.0, temps) is base
+
+
+def test_h_heads_rank_like_the_per_head_sum():
+    """H heads each adding lam*att_T to a shared base: H*base + lam*sum = H * (base + lam/H * sum)."""
+    base, s = torch.randn(4, 3), torch.randn(4, 3, 5)
+    temps = rule.HEAD_SETS[8]
+    heads_sum = sum(base + 0.3 * rule.attention(s, t) for t in temps)
+    assert torch.allclose(heads_sum / len(temps), rule.csra(base, s, 0.3, temps), atol=1e-6)
+
+
+def test_spaces():
+    z = torch.randn(2, 4, 3)
+    bias, inv = torch.randn(4), torch.rand(4) + 0.5
+    s = rule.location_scores(z, "logit", bias, inv)
+    assert torch.allclose(s, (z - bias[None, :, None]) * inv[None, :, None])
+    p = rule.location_scores(z, "prob")
+    assert torch.allclose(p.sum(1), torch.ones(2, 3))
+    logits = torch.randn(2, 4)
+    assert torch.allclose(rule.base_scores(logits, "prob"), logits.softmax(1))
+    assert rule.base_scores(logits, "logit") is logits
+    with pytest.raises(ValueError, match="space"):
+        rule.base_scores(logits, "sigmoid")
+
+
+def test_prob_space_rule_is_softmax_base_plus_max_location_probability():
+    logits, z = torch.randn(2, 5), torch.randn(2, 5, 4)
+    out = rule.csra(rule.base_scores(logits, "prob"), rule.location_scores(z, "prob"), 0.5, (math.inf,))
+    assert torch.allclose(out, logits.softmax(1) + 0.5 * z.softmax(1).amax(-1))
