@@ -208,6 +208,7 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
     for space in spaces:
         base_all, att_all = stats[f"{check_space(space)}_base"], stats[f"{space}_att"]
         space_pool = None if members is None else (pool if space == "prob" else "max")
+        cut = math.log(threshold / (1 - threshold)) if space == "logit" else threshold  # sigmoid(s) >= t
         for heads in heads_list:
             temps = resolve_temperatures(heads)
             if any(t not in STAT_TEMPERATURES for t in temps):
@@ -217,7 +218,7 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
             for split, idx in splits.items():
                 sel = slice(None) if idx is None else idx
                 metrics, n_cls = _split_metrics(base_all[sel], att_h[sel], lams, len(temps), targets[sel],
-                                                ignore[sel], members, space_pool or "max", threshold)
+                                                ignore[sel], members, space_pool or "max", cut)
                 for lam, (m, cf1, of1) in zip(lams, metrics):
                     rows.append(dict(split=split, n_images=len(base_all[sel]), n_classes=n_cls, space=space,
                                      heads=label, lam=lam, mAP=m, CF1=cf1, OF1=of1, pool=space_pool,

@@ -95,10 +95,12 @@ def _terminal_view(table) -> str:
     view = table[columns].copy()
     for column in columns:
         if column.startswith("top") and not column.endswith("_score"):
-            view[column] = view[column].str.split(",").str[0]
+            view[column] = view[column].str.split(",").str[0].fillna("")
     if view["error"].isna().all():
         view = view.drop(columns="error")
-    return view.fillna("").to_string(index=False, float_format="{:.4f}".format)
+    else:
+        view["error"] = view["error"].fillna("")
+    return view.to_string(index=False, na_rep="", float_format="{:.4f}".format)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,6 +156,8 @@ def score(image_dir, model, checkpoint, random_weights, lam, heads, temperatures
 
 # Commands defined in their own modules (each imports the shared options above, so import them last).
 # One line per command module:
+from . import cli_bench  # noqa: E402,F401
+from . import cli_explain  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

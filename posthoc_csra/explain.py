@@ -68,16 +68,19 @@ def match_classes(queries: Sequence[str], names: Sequence[str]) -> List[int]:
     raise ValueError with the closest synonyms.
     """
     synonyms: Dict[str, List[int]] = {}
+    spelled: Dict[str, str] = {}  # lower case → as the label writes it
     for index, label in enumerate(names):
-        for key in {label.strip().lower(), *(s.strip().lower() for s in label.split(","))}:
-            if key:
-                synonyms.setdefault(key, []).append(index)
+        for text in (label, *label.split(",")):
+            key = text.strip().lower()
+            if key and index not in synonyms.setdefault(key, []):
+                synonyms[key].append(index)
+                spelled.setdefault(key, text.strip())
     found: List[int] = []
     for query in queries:
         hits = synonyms.get(query.strip().lower())
         if hits is None:
             close = difflib.get_close_matches(query.strip().lower(), list(synonyms), n=5, cutoff=0.6)
-            hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+            hint = f"; close matches: {', '.join(repr(spelled[c]) for c in close)}" if close else ""
             raise ValueError(f"unknown class name {query!r} (none of the model's {len(names)} class labels "
                              f"or their synonyms){hint}")
         found += [i for i in hits if i not in found]
@@ -230,7 +233,7 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
     ncols = math.ceil(k / math.ceil(k / max_columns))
     nrows = math.ceil(k / ncols) * len(rows)
     aspect = (bottom - top) / max(right - left, 1e-9)
-    fig = Figure(figsize=(4.6 * ncols, (3.9 * aspect + 0.8) * nrows + 0.4), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(4.6 * ncols, (3.7 * aspect + 0.7) * nrows + 0.5), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     for i, name in enumerate(result.short_names):
         for r, t in enumerate(rows):
@@ -251,8 +254,9 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
             ax.set_title(textwrap.fill(title, 44), fontsize=11)
     heads = ",".join(_format_t(t) for t in result.temperatures)
     what = "logit of the L2-normalised classifier" if result.space == "logit" else "softmax probability"
-    fig.suptitle(f"{result.image.name} · {result.model} · heads T={{{heads}}} · per-location score s = {what} "
-                 f"on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)", fontsize=12)
+    fig.suptitle(textwrap.fill(f"{result.image.name} · {result.model} · heads T={{{heads}}} · per-location score "
+                               f"s = {what} on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)",
+                               int(10 * fig.get_figwidth())), fontsize=12)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=dpi)
     return output

@@ -85,12 +85,13 @@ def score_folder(image_dir: Union[str, Path], model: str = "tf_efficientnet_lite
     from tqdm.auto import tqdm
 
     from .images import ImageFiles, collate_images, find_images, relative_name
-    from .models import class_names, load_model
+    from .models import check_model_name, class_names, load_model
     from .runtime import Runtime
     from .scorer import CSRAScorer
 
     output = check_output_path(output)
     runtime = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile)
+    check_model_name(model)
     paths = find_images(image_dir)
     net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
                      **({"img_size": img_size} if img_size else {}))

@@ -1,0 +1,123 @@
+"""`posthoc-csra score` end to end on the real shared photos mixed with every kind of bad file."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from posthoc_csra.cli import main
+
+BAD_FILES = ["bad/empty.jpg", "bad/truncated.jpg", "bad/text.png", "bad/bomb.png", "bad/missing.jpg"]
+ODD_GOOD_FILES = ["odd/cmyk.jpg", "odd/rgba.png", "odd/palette.png", "odd/gray16.png", "odd/gray.png"]
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(photos, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    for name in ("parrot.jpg", "pets.jpg", "cat.bmp"):
+        (root / name).symlink_to(photos / name)
+    (root / "bad").mkdir()
+    (root / "odd").mkdir()
+    (root / "bad/empty.jpg").write_bytes(b"")
+    data = (photos / "parrot.jpg").read_bytes()
+    (root / "bad/truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "bad/text.png").write_text("this is not an image")
+    Image.new("1", (12000, 12000)).save(root / "bad/bomb.png")  # 144 Mpx > Pillow's 89 Mpx limit
+    (root / "bad/missing.jpg").symlink_to(root / "nowhere.jpg")
+    parrot = Image.open(photos / "parrot.jpg").convert("RGB").resize((160, 120))
+    parrot.convert("CMYK").save(root / "odd/cmyk.jpg")
+    rgba = parrot.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(root / "odd/rgba.png")
+    parrot.convert("P", palette=Image.Palette.ADAPTIVE).save(root / "odd/palette.png")
+    gray = np.asarray(parrot.convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray).save(root / "odd/gray16.png")
+    parrot.convert("L").save(root / "odd/gray.png")
+    return root
+
+
+def _score(args):
+    result = CliRunner().invoke(main, ["-q", "score", *args, "--no-progress", "--workers", "0"])
+    return result
+
+
+@pytest.mark.parametrize("ext", ["csv", "json", "parquet"])
+def test_scores_good_images_and_reports_bad_ones(mixed_folder, tmp_path, ext, lite0_weights):
+    out = tmp_path / f"scores.{ext}"
+    result = _score([str(mixed_folder), "--checkpoint", str(lite0_weights), "--lam", "0.2", "-o", str(out),
+                     "--all-scores", "--topk", "3"])
+    assert result.exit_code == 0, result.output
+    table = {"csv": pd.read_csv, "parquet": pd.read_parquet,
+             "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}[ext](out)
+    assert list(table["image"]) == sorted(["parrot.jpg", "pets.jpg", "cat.bmp", *BAD_FILES, *ODD_GOOD_FILES])
+    errors = table.set_index("image")["error"]
+    assert errors[BAD_FILES].notna().all(), errors
+    assert errors.drop(BAD_FILES).isna().all(), errors
+    assert "0 bytes" in errors["bad/empty.jpg"] and "too large" in errors["bad/bomb.png"]
+    assert "scored 8 image(s), 5 failed" in result.output
+    rows = table.set_index("image")
+    for name in ("parrot.jpg", "odd/cmyk.jpg", "odd/rgba.png", "odd/palette.png"):
+        assert rows.loc[name, "top1"] == "macaw", name  # colour conversions keep the image recognisable
+    # 16-bit gray is rescaled to the same 8-bit image, not clipped to white
+    assert rows.loc["odd/gray16.png", "top1"] == rows.loc["odd/gray.png", "top1"]
+    assert np.isclose(rows.loc["odd/gray16.png", "top1_score"], rows.loc["odd/gray.png", "top1_score"], atol=1e-3)
+    class_columns = table.columns[table.columns.get_loc("top3_score") + 1:]
+    assert len(class_columns) == 1000 and class_columns[88] == "macaw"
+    assert np.isclose(rows.loc["parrot.jpg", "macaw"], rows.loc["parrot.jpg", "top1_score"])
+    assert rows.loc["bad/text.png", class_columns].isna().all()
+
+
+def test_terminal_table_and_exit_codes(mixed_folder, lite0_weights, tmp_path):
+    result = _score([str(mixed_folder / "parrot.jpg"), "--checkpoint", str(lite0_weights)])
+    assert result.exit_code == 0 and "macaw" in result.output
+    strict = _score([str(mixed_folder), "--checkpoint", str(lite0_weights), "--strict"])
+    assert strict.exit_code != 0 and "--strict" in strict.output
+    only_bad = _score([str(mixed_folder / "bad"), "--checkpoint", str(lite0_weights)])
+    assert only_bad.exit_code != 0 and "could be scored" in only_bad.output
+
+
+def test_clear_errors_for_bad_paths_and_options(tmp_path, lite0_weights):
+    missing = _score([str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "no such file or folder" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = _score([str(tmp_path / "empty")])
+    assert empty.exit_code != 0 and "no images found" in empty.output
+    fmt = _score([str(tmp_path), "-o", str(tmp_path / "x.xlsx")])
+    assert fmt.exit_code != 0 and ".parquet" in fmt.output
+    unknown = _score([str(tmp_path), "--model", "resnet05"])
+    assert unknown.exit_code != 0 and "resnet50" in unknown.output
+
+
+def test_help_is_instant_and_teaches():
+    result = CliRunner().invoke(main, ["score", "--help"])
+    assert result.exit_code == 0 and "--space" in result.output and "T={1,2,4,∞}" in result.output
+
+
+def test_parrot_is_a_macaw_and_lambda_changes_the_pets_ranking(photos, lite0_weights):
+    import torch
+
+    from posthoc_csra import CSRAScorer, class_names, load_model
+    from posthoc_csra.images import load_rgb
+    from posthoc_csra.scoring import data_transform
+
+    model = load_model("tf_efficientnet_lite0", checkpoint=lite0_weights)
+    transform, _ = data_transform(model)
+    names = class_names(model)
+    x = torch.stack([transform(load_rgb(photos / n)) for n in ("parrot.jpg", "pets.jpg")])
+    with torch.no_grad():
+        base = CSRAScorer(model, lam=0)(x)
+        boosted = CSRAScorer(model, lam=0.3, space="prob")(x)
+    assert names[int(base[0].argmax())] == "macaw"
+    top_base, top_boosted = base[1].topk(8).indices.tolist(), boosted[1].topk(8).indices.tolist()
+    for breed in ("Italian greyhound", "Boston bull, Boston terrier"):
+        assert names.index(breed) in top_base[:5] and names.index(breed) in top_boosted[:5]
+    assert top_base != top_boosted
+
+
+def test_default_model_runs_offline_without_a_checkpoint(photos, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = _score([str(photos / "parrot.jpg")])
+    assert result.exit_code == 0 and "macaw" in result.output
