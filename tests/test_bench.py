@@ -1,0 +1,259 @@
+"""``bench``: option parsers, evaluation from cached statistics, run_bench and the CLI end to end."""
+import importlib.util
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from test_cache import IMG, TinyImages, forward_count  # noqa: F401  (forward_count is a fixture)
+
+from posthoc_csra import bench
+from posthoc_csra.bench import (COLUMNS, class_map_for, evaluate_stats, expand_models, parse_heads, parse_lams,
+                                parse_spaces, run_bench, to_markdown)
+from posthoc_csra.classmaps import map_scores
+from posthoc_csra.cli import main
+from posthoc_csra.datasets import VOC_CLASSES
+from posthoc_csra.metrics import f1_scores, mean_average_precision
+from posthoc_csra.models import load_model
+from posthoc_csra.scorer import CSRAScorer
+from posthoc_csra.scoring import data_transform
+from posthoc_csra.spec import STAT_TEMPERATURES
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0,0.1,0.3", [0.0, 0.1, 0.3]),
+    ("0.3, 0.1,0.1", [0.1, 0.3]),
+    ("0:1:0.25", [0.0, 0.25, 0.5, 0.75, 1.0]),
+    ("0:0.3:0.1", [0.0, 0.1, 0.2, 0.3]),  # end included despite float steps
+    ("0.5,0:0.2:0.1", [0.0, 0.1, 0.2, 0.5]),
+    ("1:1:0.5", [1.0]),
+    ([0.2, 0], [0.0, 0.2]),
+])
+def test_parse_lams(text, expected):
+    assert parse_lams(text) == expected
+
+
+def test_parse_lams_range_values_are_exact():
+    values = parse_lams("0:1:0.1")
+    assert len(values) == 11 and values[3] == 0.3 and values[-1] == 1.0 and values[7] == 0.7
+
+
+@pytest.mark.parametrize("bad", ["", "a", "0,x", "1:0:0.1", "0:1:0", "0:1:-0.1", "0:1", "nan", "inf"])
+def test_parse_lams_rejects(bad):
+    with pytest.raises(ValueError, match="λ list"):
+        parse_lams(bad)
+
+
+def test_parse_heads_and_spaces():
+    assert parse_heads("1,4,8") == [1, 4, 8] and parse_heads([2, 2]) == [2]
+    assert parse_spaces("prob, logit") == ["prob", "logit"]
+    for bad in ("3", "1,x", ""):
+        with pytest.raises(ValueError, match="head"):
+            parse_heads(bad)
+    with pytest.raises(ValueError):
+        parse_spaces("logits")
+
+
+def test_expand_models(tmp_path, shared):
+    manifest = shared / "weights" / "manifest.json"
+    assert expand_models("resnet10t") == ["resnet10t"]
+    timm_matches = expand_models("tf_efficientnet_lite*")
+    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite4"} <= set(timm_matches)
+    assert expand_models("tf_efficientnet_lite*", manifest) == [f"tf_efficientnet_lite{i}" for i in range(3)]
+    assert set(expand_models(None, manifest)) == {"tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                                  "tf_efficientnet_lite2", "mobilenetv2_100"}
+    names = tmp_path / "models.txt"
+    names.write_text("# zoo\nresnet10t\n\nmobilenetv2_1*  # wildcard\nresnet10t\n")
+    assert expand_models([f"@{names}", "resnet10t,test_vit"], manifest) == [
+        "resnet10t", "mobilenetv2_100", "test_vit"]
+    with pytest.raises(ValueError, match="matches no"):
+        expand_models("zzz_no_model_*")
+    with pytest.raises(ValueError, match="no models"):
+        expand_models([])
+    with pytest.raises(FileNotFoundError):
+        expand_models(f"@{tmp_path / 'missing.txt'}")
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    torch.manual_seed(0)
+    net = load_model("test_efficientnet", pretrained=False)
+    transform, config = data_transform(net, IMG)
+    ds = TinyImages(n=16)
+    x = torch.stack([transform(ds[i][0]) for i in range(len(ds))])
+    scorer = CSRAScorer(net, input_size=config["input_size"])
+    stats = {k: v.numpy() for k, v in scorer.statistics(x).items()}
+    return net, x, ds, stats
+
+
+def test_evaluate_stats_equals_direct_scorer_map_and_f1(tiny_batch):
+    net, x, ds, stats = tiny_batch
+    t, ign = ds.targets(), ds.ignore_mask()
+    keep = ((t > 0) & ~ign).any(0)
+    df = evaluate_stats(stats, t, ign, [0.1, 0.5], [1, 4, (2.0, math.inf)], ["logit", "prob"])
+    assert len(df) == 3 * 2 * 3 and set(df["lam"]) == {0.0, 0.1, 0.5}  # λ=0 added
+    assert (df["n_classes"] == keep.sum()).all() and (df["n_images"] == 16).all()
+    with torch.no_grad():
+        for (space, heads, lam) in [("logit", 1, 0.5), ("prob", 4, 0.1), ("logit", (2.0, math.inf), 0.1),
+                                    ("prob", 1, 0.0)]:
+            direct = CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=x.shape[1:])(x).numpy()
+            label = heads if isinstance(heads, int) else "2,inf"
+            row = df[(df["space"] == space) & (df["heads"] == label) & (df["lam"] == lam)].iloc[0]
+            assert row["mAP"] == pytest.approx(100 * mean_average_precision(direct, t, ign), abs=1e-6)
+            f1 = f1_scores(direct[:, keep], t[:, keep], 0.0 if space == "logit" else 0.5, ign[:, keep])
+            assert row["CF1"] == pytest.approx(100 * f1["CF1"]) and row["OF1"] == pytest.approx(100 * f1["OF1"])
+    base = df[df["lam"] == 0].set_index(["space", "heads"])["mAP"]
+    for _, row in df.iterrows():
+        assert row["delta"] == pytest.approx(row["mAP"] - base[(row["space"], row["heads"])])
+    assert df["selected"].isna().all() and (df["split"] == "all").all()
+
+
+def _synthetic_stats(n=40, c=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, c)).astype(np.float32) * 3
+    prob = torch.from_numpy(logits).softmax(1).numpy()
+    out = {"logits": logits, "logit_base": logits, "prob_base": prob}
+    for space, scale in (("logit", 1.0), ("prob", 1e-3)):
+        out[f"{space}_att"] = (rng.random((n, len(STAT_TEMPERATURES), c)) * scale).astype(np.float32)
+        out[f"{space}_mean"] = out[f"{space}_att"].mean(1)
+    return out
+
+
+@pytest.mark.parametrize("pool", ["max", "sum"])
+def test_class_mapped_evaluation_matches_map_scores(pool):
+    ds = TinyImages(n=40, classes=VOC_CLASSES, label_space="voc2007")
+    stats = _synthetic_stats()
+    cmap = class_map_for(1000, ds)
+    t, ign, mapped = ds.targets(), ds.ignore_mask(), cmap.mapped
+    df = evaluate_stats(stats, t, ign, [0.5], [1, 8], ["logit", "prob"], class_map=cmap, pool=pool)
+    assert set(df[df["space"] == "prob"]["pool"]) == {pool} and set(df[df["space"] == "logit"]["pool"]) == {"max"}
+    direct = map_scores(stats["prob_base"], cmap, pool)[:, mapped]
+    row = df[(df["space"] == "prob") & (df["lam"] == 0)].iloc[0]
+    assert row["mAP"] == pytest.approx(100 * mean_average_precision(direct, t[:, mapped], ign[:, mapped]))
+    members = [m for m in cmap.members if m]
+    for space in ("logit", "prob"):
+        s = stats[f"{space}_base"] + np.float32(0.5 / 8) * stats[f"{space}_att"].sum(1)
+        reduce = np.sum if (space == "prob" and pool == "sum") else np.max
+        pooled = np.stack([reduce(s[:, m], axis=1) for m in members], 1)
+        row = df[(df["space"] == space) & (df["lam"] == 0.5) & (df["heads"] == 8)].iloc[0]
+        assert row["mAP"] == pytest.approx(100 * mean_average_precision(pooled, t[:, mapped], ign[:, mapped]),
+                                           abs=1e-6)
+
+
+def test_class_map_for_errors():
+    assert class_map_for(1000, TinyImages(n=2)) is None
+    with pytest.raises(ValueError, match="no class map"):
+        class_map_for(1000, TinyImages(n=2, n_classes=5, label_space="custom"))
+    with pytest.raises(ValueError, match="no class map"):
+        class_map_for(20, TinyImages(n=2, n_classes=80, label_space="coco2014"))
+
+
+def test_select_on_val_reports_on_disjoint_test():
+    ds = TinyImages(n=40, n_classes=1000)
+    lams = [0.0, 0.2, 0.5, 1.0]
+    df = evaluate_stats(_synthetic_stats(), ds.targets(), ds.ignore_mask(), lams, [1, 8], ["logit", "prob"],
+                        select_on="val", val_fraction=0.5, split_seed=3)
+    assert set(df["split"]) == {"val", "test"} and df["selected"].notna().all()
+    assert (df[df["split"] == "val"]["n_images"] == 20).all() and (df[df["split"] == "test"]["n_images"] == 20).all()
+    for (space, heads), g in df.groupby(["space", "heads"]):
+        val, test = g[g["split"] == "val"], g[g["split"] == "test"]
+        chosen = val[val["selected"]]["lam"].tolist()
+        assert chosen == [val.loc[val["mAP"].idxmax(), "lam"]]
+        assert test[test["selected"]]["lam"].tolist() == chosen
+        assert (test["delta"] == test["mAP"] - test[test["lam"] == 0]["mAP"].iloc[0]).all()
+
+
+def _imagenet_dir(tmp_path, n=6):
+    folder = tmp_path / "inet"
+    folder.mkdir()
+    for i in range(2, 2 + n):  # val images 2.. all have ReaL labels
+        pixels = np.random.default_rng(i).integers(0, 256, (IMG + 8, IMG + 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{i:08d}.png")
+    return f"imagenet-real:{folder}"
+
+
+def test_run_bench_second_run_makes_no_backbone_pass(tmp_path, forward_count):
+    spec = _imagenet_dir(tmp_path)
+    kw = dict(pretrained=False, cache_dir=tmp_path / "cache", img_sizes=[IMG], workers=0, batch_size=4,
+              chunk_size=4, progress=False)
+    first = run_bench("test_efficientnet", spec, lams="0,0.1", **kw)
+    assert first.attrs["backbone_images"] == 6 and forward_count["n"] > 0 and not first["cached"].any()
+    assert list(first.columns[: len(COLUMNS)]) == COLUMNS and first["error"].isna().all()
+    forward_count["n"] = 0
+    second = run_bench("test_efficientnet", spec, lams="0:0.5:0.25", heads="1,8", **kw)
+    assert forward_count["n"] == 0 and second.attrs["backbone_images"] == 0 and second["cached"].all()
+    assert len(second) == 3 * 2 * 2
+    key = ["space", "heads", "lam"]
+    a, b = first.set_index(key)["mAP"], second.set_index(key)["mAP"]
+    assert a.loc[("logit", 1, 0.0)] == b.loc[("logit", 1, 0.0)]
+    third = run_bench("test_efficientnet", spec, lams="0", img_sizes=[IMG, IMG + 8],
+                      **{k: v for k, v in kw.items() if k != "img_sizes"})  # a new size is a new key
+    assert third.attrs["backbone_images"] == 6
+    assert third.groupby("img_size")["cached"].all().to_dict() == {IMG: True, IMG + 8: False}
+
+
+def test_failing_model_or_dataset_becomes_error_rows(tmp_path):
+    spec = _imagenet_dir(tmp_path, n=3)
+    (tmp_path / "a.png").write_bytes((tmp_path / "inet" / "ILSVRC2012_val_00000002.png").read_bytes())
+    (tmp_path / "labels.csv").write_text("image,labels\na.png,cat|dog\n")
+    df = run_bench(["test_efficientnet", "no_such_model_zz"], [spec, f"csv:{tmp_path / 'labels.csv'}"],
+                   lams="0,0.1", spaces="prob", pretrained=False, cache_dir=tmp_path / "c", img_sizes=[IMG],
+                   workers=0, progress=False)
+    ok = df[df["error"].isna()]
+    assert set(ok["model"]) == {"test_efficientnet"} and set(ok["dataset"]) == {spec} and len(ok) == 2
+    errors = df[df["error"].notna()].set_index(["model", "dataset"])["error"]
+    assert len(errors) == 3
+    assert "no class map" in errors[("test_efficientnet", f"csv:{tmp_path / 'labels.csv'}")]
+    assert all("unknown timm model" in e for e in errors["no_such_model_zz"])
+    assert to_markdown(df).splitlines()[0].endswith("| error |")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_without_ray_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="pip install"):
+        run_bench("test_efficientnet", _imagenet_dir(tmp_path, 1), pretrained=False, ray=True, progress=False)
+
+
+def test_to_markdown():
+    df = pd.DataFrame({"model": ["m"], "lam": [0.1], "mAP": [91.234], "delta": [0.5], "selected": [pd.NA],
+                       "error": pd.array([None], dtype="string")})
+    assert to_markdown(df) == "| model | lam | selected | mAP | delta |\n|---|---|---|---|---|\n" \
+                              "| m | 0.1 |  | 91.23 | +0.50 |\n"
+
+
+def test_cli_bench_end_to_end_on_real_weights(tmp_path, shared, forward_count):
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted((shared / "data" / "imagenet-val-real" / "images").iterdir())[:24]:
+        (images / src.name).symlink_to(src)
+    args = ["bench", "--models", "tf_efficientnet_lite0", "--checkpoint", str(shared / "weights" / "manifest.json"),
+            "--dataset", f"imagenet-real:{images}", "--space", "logit,prob", "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress", "--workers", "1"]
+    runner = CliRunner()
+    first = runner.invoke(main, args + ["--lam", "0,0.1,0.3", "-o", str(tmp_path / "t.csv")])
+    assert first.exit_code == 0, first.output
+    assert forward_count["n"] > 0 and "| tf_efficientnet_lite0 |" in first.stdout
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert len(table) == 6 and set(COLUMNS) <= set(table.columns) and table["error"].isna().all()
+    assert (table["weights"] == "manifest:tf_efficientnet_lite0").all() and table["exact"].all()
+    assert (table["mAP"] > 50).all() and (tmp_path / "t.md").read_text().startswith("| model |")
+    forward_count["n"] = 0
+    second = runner.invoke(main, args + ["--lam", "0:0.5:0.25", "--heads", "1,8", "--select-on", "val",
+                                         "-o", str(tmp_path / "t.parquet"), "--markdown", str(tmp_path / "m.md")])
+    assert second.exit_code == 0, second.output
+    assert forward_count["n"] == 0 and "backbone pass over 0 image(s)" in second.stderr
+    table = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(table) == 2 * 2 * 2 * 3 and table["cached"].all() and (tmp_path / "m.md").is_file()
+    assert table.groupby(["split", "space", "heads"])["selected"].sum().eq(1).all()
+    bad = runner.invoke(main, args + ["--lam", "0:1"])
+    assert bad.exit_code == 2 and "λ list" in bad.output
+
+
+def test_cli_bench_every_row_failing_exits_nonzero(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "-m", "no_such_model_zz", "-d", _imagenet_dir(tmp_path, 1),
+                                       "--cache-dir", str(tmp_path / "c"), "--no-progress"])
+    assert result.exit_code == 1 and "unknown timm model" in result.output
+    assert bench.COLUMNS[0] == "model"
