@@ -40,6 +40,7 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import re
+import resource
 import shlex
 import sys
 import time
@@ -151,6 +152,11 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
         row["grid"] = f"{h}x{w}"
         if h * w != scorer.probe_locations:
             return unsupported(f"grid {h}x{w} does not hold {scorer.probe_locations} locations")
+        expected = _expected_grids(model, hw) if scorer.feature_format.startswith("NLC") else []
+        if expected and (h, w) not in expected:
+            shown = " or ".join(f"{a}x{b}" for a, b in expected)
+            return unsupported(f"{scorer.probe_locations} locations ({scorer.feature_format}) do not fit the "
+                               f"model's own {shown} grid: prefix tokens miscounted")
         scorer.lam = LAM
         try:
             scores = scorer(x)
@@ -162,6 +168,23 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
             return unsupported(f"CSRAScorer(lam={LAM}) returns non-finite scores")
     row.update(supported=True, reason="")
     return row
+
+
+def _expected_grids(model, hw: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """Token grids the model itself states for an ``hw`` input: its patch embedding's, its last feature's."""
+    grids = []
+    patch_embed = getattr(model, "patch_embed", None)
+    if hasattr(patch_embed, "dynamic_feat_size"):
+        try:
+            grids.append(tuple(int(v) for v in patch_embed.dynamic_feat_size(tuple(hw))))
+        except Exception:  # noqa: BLE001
+            pass
+    if getattr(patch_embed, "grid_size", None) is not None:
+        grids.append(tuple(int(v) for v in patch_embed.grid_size))
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and info[-1].get("reduction"):
+        grids.append(tuple(math.ceil(s / info[-1]["reduction"]) for s in hw))
+    return [g for g in dict.fromkeys(grids) if len(g) == 2]
 
 
 def _create(arch: str, size: Optional[int]):
@@ -225,7 +248,9 @@ def probe_arch(arch: str) -> Dict:
     return row
 
 
-def _worker(arch: str, conn, threads: int) -> None:
+def _worker(arch: str, conn, threads: int, mem_bytes: Optional[int]) -> None:
+    if mem_bytes:  # a model too big for its share fails fast with an allocation error, no swapping
+        resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
     # Quiet: the model's prints and warnings would break the progress bar.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -237,10 +262,17 @@ def _worker(arch: str, conn, threads: int) -> None:
     start = time.perf_counter()
     try:
         row = probe_arch(arch)
+    except MemoryError as err:
+        row = {"supported": False, "reason": f"out of memory: {_short(err, 200)}"}
     except Exception as err:  # noqa: BLE001
         tb = traceback.extract_tb(err.__traceback__)
         where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-        row = {"supported": False, "reason": f"error creating/probing the model: {_short(err)}{where}"}
+        if "can't allocate memory" in str(err) or "not enough memory" in str(err):
+            row = {"supported": False, "reason": f"out of memory: {_short(err, 200)}"}
+        else:
+            row = {"supported": False, "reason": f"error creating/probing the model: {_short(err)}{where}"}
+    if ("can't allocate memory" in row.get("reason", "") or "MemoryError" in row.get("reason", "")) and not row["reason"].startswith("out of memory"):
+        row["reason"] = "out of memory: " + row["reason"]
     row["model"] = arch
     row["seconds"] = round(time.perf_counter() - start, 2)
     conn.send(row)
@@ -263,7 +295,16 @@ def read_rows(path: Path) -> List[Dict]:
 
 
 def is_failure(row: Dict) -> bool:
-    return row.get("reason", "").startswith(("timeout", "crashed"))
+    """Rows that say nothing about the scorer: the worker ran out of time or memory, or died."""
+    return row.get("reason", "").startswith(("timeout", "crashed", "out of memory"))
+
+
+def memory_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 16 << 30
 
 
 def _format(row: Dict) -> Dict:
@@ -274,7 +315,9 @@ def _format(row: Dict) -> Dict:
     return out
 
 
-def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, threads: int) -> None:
+def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, threads: int,
+            mem_bytes: Optional[int]) -> List[Dict]:
+    """Run ``archs`` in worker processes, appending one CSV row each; the rows."""
     from tqdm import tqdm
 
     ctx = mp.get_context("fork")
@@ -283,6 +326,7 @@ def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, thre
     pending = list(archs)
     active: Dict[str, Tuple] = {}  # arch -> (process, conn, start)
     supported = 0
+    rows: List[Dict] = []
     with csv_path.open("a", newline="") as f, tqdm(total=len(archs), unit="model", dynamic_ncols=True) as bar:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if write_header:
@@ -292,6 +336,7 @@ def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, thre
             nonlocal supported
             writer.writerow(_format(row))
             f.flush()
+            rows.append(row)
             supported += str(row.get("supported")) == "True"
             bar.update(1)
             bar.set_postfix(ok=supported, last=row["model"][:28])
@@ -300,7 +345,7 @@ def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, thre
             while pending and len(active) < workers:
                 arch = pending.pop(0)
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(arch, child, threads), daemon=True)
+                proc = ctx.Process(target=_worker, args=(arch, child, threads, mem_bytes), daemon=True)
                 proc.start()
                 child.close()
                 active[arch] = (proc, parent, time.perf_counter())
@@ -332,6 +377,7 @@ def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, thre
                     conn.close()
                     del active[arch]
                     finish(row)
+    return rows
 
 
 def compact_csv(path: Path) -> None:
@@ -450,6 +496,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
+    parser.add_argument("--mem-gb", type=float, default=None,
+                        help="address-space limit per worker (default: RAM / workers + 3 GB); models that "
+                             "run out are re-run alone at the end with the limit of one worker")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     parser.add_argument("--md", type=Path, default=DEFAULT_MD)
     args = parser.parse_args(argv)
@@ -474,8 +523,19 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{len(todo)} to run ({args.workers} workers x {args.threads} threads, timeout {args.timeout:.0f} s)",
           flush=True)
     start = time.perf_counter()
+    overhead = 3 << 30  # torch + timm address space before any model
+    if args.mem_gb:
+        mem = int(args.mem_gb * (1 << 30))
+    else:
+        mem = int((memory_total() - overhead) / max(1, args.workers)) + overhead
+    alone = int(memory_total() * 0.9) + overhead
     try:
-        run_all(todo, args.csv, args.workers, args.timeout, args.threads)
+        rows = run_all(todo, args.csv, args.workers, args.timeout, args.threads, mem)
+        again = [r["model"] for r in rows if r.get("reason", "").startswith("out of memory")]
+        if again and args.workers > 1:
+            print(f"re-running {len(again)} models that ran out of memory, one at a time: {', '.join(again)}",
+                  flush=True)
+            run_all(again, args.csv, 1, args.timeout, max(args.threads, args.workers), alone)
     finally:
         if args.csv.is_file():
             compact_csv(args.csv)

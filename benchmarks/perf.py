@@ -89,7 +89,7 @@ class PeakMemory:
     Used across several blocks (``with peak: ...`` repeatedly), it keeps the maximum.
     """
 
-    def __init__(self, device: torch.device, interval: float = 0.002):
+    def __init__(self, device: torch.device, interval: float = 0.005):
         self.device, self.interval = device, interval
         self.peak_mb: Optional[float] = None
         self._stop = threading.Event()
@@ -295,6 +295,7 @@ def bench_overhead(name: str, args, runtime: Runtime) -> dict:
             "scorer_s": statistics.median(times[label]["wall"]),
             "ratio": ratio, "q1": q1, "q3": q3,
             "cpu_ratio": cpu_ratio,
+            "min_ratio": min(times[label]["wall"]) / min(times["plain"]["wall"]),
             "extra_s": extra_s,
             "parts_ratio": 1 + extra_s / plain_wall,
             "peak_plain_mb": peaks["plain"].peak_mb,
@@ -491,7 +492,8 @@ def render(args, info, results, notes, started, elapsed) -> str:
                   f"{args.warmup} warm-up call(s) each, then {args.reps} interleaved repetitions "
                   f"(plain, scorers, then the reverse order). λ = {LAM}.", "",
                   "- **ratio**: median over repetitions of scorer time / plain time of the same "
-                  "repetition (wall clock), [quartiles]; **CPU ratio**: the same with process CPU time.",
+                  "repetition (wall clock), [quartiles]; **CPU ratio**: the same with process CPU time; "
+                  "**min ratio**: fastest scorer call / fastest plain call (the least disturbed pair).",
                   "- **floor**: 1 + L·d·C / MACs(model): the one extra (L × d)·(d × C) product per image; "
                   "model MACs from `torch.utils.flop_counter.FlopCounterMode` on one forward. "
                   "**FLOP ratio**: counted FLOPs of the scorer forward / the plain forward.",
@@ -499,8 +501,8 @@ def render(args, info, results, notes, started, elapsed) -> str:
                   "rule) / plain time: a low-noise cross-check of the ratio.",
                   f"- **memory**: {mem_what} during the timed calls, MiB.", "",
                   "| model | L | d | C | GMACs/img | config | plain s | scorer s | ratio [q1–q3] | CPU ratio "
-                  "| parts | floor | FLOP ratio | goal | result | memory plain / scorer |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+                  "| min ratio | parts | floor | FLOP ratio | goal | result | memory plain / scorer |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for r in results["a"]:
             for i, row in enumerate(r["rows"]):
                 main = i == 0
@@ -512,7 +514,7 @@ def render(args, info, results, notes, started, elapsed) -> str:
                     f"| {r['C'] if main else ''} | {gmacs} "
                     f"| {row['config']} | {row['plain_s']:.3f} | {row['scorer_s']:.3f} "
                     f"| {row['ratio']:.3f} [{row['q1']:.3f}–{row['q3']:.3f}] | {row['cpu_ratio']:.3f} "
-                    f"| {row['parts_ratio']:.3f} | {r['floor']:.3f} | {r['flop_ratio']:.3f} | {goal} | {verdict} "
+                    f"| {row['min_ratio']:.3f} | {row['parts_ratio']:.3f} | {r['floor']:.3f} | {r['flop_ratio']:.3f} | {goal} | {verdict} "
                     f"| {_fmt_mb(row['peak_plain_mb'])} / {_fmt_mb(row['peak_scorer_mb'])} |")
         lines += ["", "Goals are on the heads=1 logit row (the default rule); heads=8 prob is shown for scale.", "",
                   "Hot path checks: Python function calls made by one scorer forward "

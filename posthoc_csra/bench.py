@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Union
@@ -39,8 +38,6 @@ from .spec import HEAD_SETS, SPACES, STAT_TEMPERATURES, check_space, resolve_tem
 COLUMNS = ["model", "weights", "dataset", "img_size", "split", "n_images", "n_classes", "space", "heads",
            "lam", "selected", "mAP", "delta", "CF1", "OF1", "exact", "seconds", "cached", "pool",
            "threshold", "error"]
-MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "split", "n_images", "space", "heads", "lam", "selected",
-                    "mAP", "delta", "CF1", "OF1", "error"]
 
 
 # ---------------------------------------------------------------- option parsers
@@ -70,33 +67,33 @@ def parse_lams(text: Union[str, Iterable[float]]) -> List[float]:
     return sorted({round(v, 10) + 0.0 for v in values})
 
 
+def _items(text) -> list:
+    return [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
+
+
 def parse_heads(text: Union[str, Iterable[int]]) -> List[int]:
     """``"1,4,8"`` → [1, 4, 8] (paper head counts)."""
-    items = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
-    try:
-        heads = [int(h) for h in items]
-    except ValueError:
-        heads = []
-    if not heads or any(h not in HEAD_SETS for h in heads):
+    heads = [int(h) for h in _items(text) if str(h).isdigit()]
+    if not heads or len(heads) != len(_items(text)) or any(h not in HEAD_SETS for h in heads):
         raise ValueError(f"bad head list {text!r}: comma-separated head counts from {sorted(HEAD_SETS)}")
     return list(dict.fromkeys(heads))
 
 
 def parse_spaces(text: Union[str, Iterable[str]]) -> List[str]:
-    items = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
-    if not items:
+    if not _items(text):
         raise ValueError(f"bad space list {text!r}: use {','.join(SPACES)}")
-    return list(dict.fromkeys(check_space(s) for s in items))
+    return list(dict.fromkeys(check_space(s) for s in _items(text)))
 
 
 def _manifest_names(checkpoint) -> Optional[List[str]]:
-    if checkpoint is None:
-        return None
-    path = Path(checkpoint)
-    if not (path.is_dir() or path.suffix == ".json"):
-        return None
     from .weights import read_manifest
-    return list(read_manifest(path))
+    path = Path(checkpoint) if checkpoint is not None else None
+    return list(read_manifest(path)) if path and (path.is_dir() or path.suffix == ".json") else None
+
+
+def _timm_models() -> List[str]:
+    import timm
+    return timm.list_models()
 
 
 def expand_models(specs: Union[str, Sequence[str], None], checkpoint=None) -> List[str]:
@@ -118,12 +115,7 @@ def expand_models(specs: Union[str, Sequence[str], None], checkpoint=None) -> Li
             lines = [ln.split("#", 1)[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
             names += expand_models([ln for ln in lines if ln], checkpoint)
         elif any(ch in spec for ch in "*?["):
-            if manifest is not None:
-                pool = manifest
-            else:
-                import timm
-                pool = timm.list_models()
-            found = fnmatch.filter(pool, spec)
+            found = fnmatch.filter(manifest if manifest is not None else _timm_models(), spec)
             if not found:
                 raise ValueError(f"--models {spec!r} matches no " + ("manifest entry" if manifest else "timm model"))
             names += found
@@ -315,7 +307,7 @@ def run_bench(models, datasets: Union[str, Sequence[str]], lams=(0.0, 0.1), head
               pretrained: Optional[bool] = None, select_on: Optional[str] = None, val_fraction: float = 0.5,
               split_seed: int = 0, cache_dir=None, device: str = "cpu", batch_size: int = 32, workers: int = 2,
               amp: str = "none", channels_last: bool = False, compile: bool = False, pool: str = "max",
-              threshold: float = 0.5, chunk_size: int = 256, dataset_seed: int = 0,
+              threshold: float = 0.5, chunk_size: int = 128, dataset_seed: int = 0,
               mosaic_count: Optional[int] = None, progress: bool = True, ray: bool = False):
     """The benchmark table (columns ``COLUMNS``; see the module docstring).
 
@@ -340,8 +332,7 @@ def run_bench(models, datasets: Union[str, Sequence[str]], lams=(0.0, 0.1), head
                 checkpoint=checkpoint, pretrained=pretrained, select_on=select_on, val_fraction=val_fraction,
                 split_seed=split_seed, cache_dir=Path(cache_dir or default_cache_dir()),
                 runtime_kwargs=runtime_kwargs, batch_size=batch_size, workers=workers, pool=pool,
-                threshold=threshold, chunk_size=chunk_size, dataset_seed=dataset_seed,
-                mosaic_count=mosaic_count, progress=progress)
+                threshold=threshold, chunk_size=chunk_size, dataset_seed=dataset_seed, mosaic_count=mosaic_count)
     if ray:
         try:
             import ray as _ray
@@ -351,15 +342,12 @@ def run_bench(models, datasets: Union[str, Sequence[str]], lams=(0.0, 0.1), head
         if not _ray.is_initialized():
             _ray.init()
         task = _ray.remote(_model_rows)
-        results = _ray.get([task.remote(name, **{**args, "progress": False, "dataset_cache": {}})
-                            for name in names])
+        results = _ray.get([task.remote(name, **args, progress=False, dataset_cache={}) for name in names])
     else:
         shared: dict = {}
-        results = [_model_rows(name, **args, dataset_cache=shared) for name in names]
-    parts = [p for rows in results for p in rows]
-    frames = [p for p in parts if isinstance(p, pd.DataFrame)]
-    errors = [p for p in parts if isinstance(p, dict)]
-    table = pd.concat(frames + ([pd.DataFrame(errors)] if errors else []), ignore_index=True)
+        results = [_model_rows(name, **args, progress=progress, dataset_cache=shared) for name in names]
+    frames = [p if isinstance(p, pd.DataFrame) else pd.DataFrame([p]) for rows in results for p in rows]
+    table = pd.concat(frames, ignore_index=True)  # error rows stay in model/dataset order
     for column in COLUMNS:
         if column not in table:
             table[column] = None
@@ -372,24 +360,3 @@ def run_bench(models, datasets: Union[str, Sequence[str]], lams=(0.0, 0.1), head
     table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
     table.attrs["backbone_images"] = sum(int(f.attrs.get("backbone_images", 0)) for f in frames)
     return table
-
-
-def to_markdown(table, columns: Sequence[str] = MARKDOWN_COLUMNS) -> str:
-    """A GitHub Markdown table (mAP, delta, CF1, OF1 to 2 decimals; empty error column dropped)."""
-    columns = [c for c in columns if c in table and not (c == "error" and table[c].isna().all())]
-
-    import pandas as pd
-
-    def cell(column, value):
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        if column in ("mAP", "delta", "CF1", "OF1"):
-            return f"{value:+.2f}" if column == "delta" else f"{value:.2f}"
-        if column == "lam":
-            return f"{value:g}"
-        return re.sub(r"\s+", " ", str(value)).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(cell(c, row[c]) for c in columns) + " |")
-    return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ Layout: ``<cache_dir>/stats/<key>/`` holds ``meta.json`` (the fields the key has
 chunk of ``chunk_size`` images, ``chunk-NNNNN.npz`` plus its sidecar ``chunk-NNNNN.json``
 (rows, byte count, sha256 of the .npz). Every file is written to a hidden temp file in the
 same folder and renamed into place, the sidecar after its chunk, so a chunk exists only once it
-is complete. An interrupted run keeps its finished chunks; the next one computes only the rest.
+is complete. An interrupted run keeps its finished chunks (it loses at most the chunk in progress);
+the next one computes only the rest. ``chunk_size`` only applies to a new cache folder.
 A chunk whose sidecar is missing/unreadable or whose bytes or arrays do not match is recomputed
 with a warning. Memory during computation is one chunk plus the DataLoader's prefetch.
 """
@@ -36,7 +37,7 @@ from .spec import SPACES, STAT_TEMPERATURES
 log = logging.getLogger("posthoc_csra")
 
 CACHE_FORMAT = 1
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 128
 #: Arrays stored per chunk (``logit_base`` is ``logits`` and is not stored twice).
 STAT_KEYS: Tuple[str, ...] = ("logits", "prob_base") + tuple(
     f"{space}_{part}" for space in SPACES for part in ("mean", "att"))
@@ -74,7 +75,7 @@ def weights_identity(name: str, checkpoint=None, pretrained: Optional[bool] = No
         if path.is_dir() or path.suffix == ".json":
             entry = _weights.read_manifest(path)[arch]
             return f"manifest:{entry.name}", _entry_identity(entry)
-        return path.name, f"sha256:{file_sha256(path)}"
+        return path.name, _entry_identity(_weights.WeightsEntry(name=arch, file=path, timm_model=arch))
     if pretrained is False:
         return "random", "random:torch.manual_seed(0)"
     if pretrained is None:
@@ -139,14 +140,20 @@ class StatsCache:
         self._open()
 
     def _open(self) -> None:
+        """Reuse the folder when its meta.json matches (adopting its chunk size), else start afresh."""
         meta_path = self.path / "meta.json"
         if meta_path.is_file():
             try:
                 stored = json.loads(meta_path.read_text(encoding="utf-8"))
-                same = {k: v for k, v in stored.items() if k != "created"} == json_ready(self.meta)
-            except (OSError, ValueError):
+                size = stored["chunk_size"]
+                same = isinstance(size, int) and size > 0 and {
+                    k: v for k, v in stored.items() if k not in ("created", "chunk_size")} == {
+                    k: v for k, v in json_ready(self.meta).items() if k != "chunk_size"}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 same = False
             if same:
+                self.chunk_size = self.meta["chunk_size"] = size
+                clean_temp_files(self.path)
                 return
             warnings.warn(f"posthoc-csra: stale or unreadable statistics cache {self.path}; recomputing it")
             shutil.rmtree(self.path, ignore_errors=True)
@@ -322,13 +329,16 @@ def ensure_statistics(cache: StatsCache, dataset, transform, make_scorer: Callab
     return arrays, info, computed
 
 
-def clean_temp_files(cache_dir: Union[str, Path], older_than_s: float = 86400.0) -> int:
-    """Remove temp files left by killed runs (older than a day by default). Returns how many."""
+def clean_temp_files(folder: Union[str, Path], older_than_s: float = 86400.0) -> int:
+    """Remove temp files that killed runs left in a cache folder (older than a day). Returns how many."""
     removed, now = 0, time.time()
-    for tmp in Path(cache_dir).glob("stats/*/.*.tmp-*"):
-        if now - tmp.stat().st_mtime > older_than_s:
-            tmp.unlink(missing_ok=True)
-            removed += 1
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # another process renamed or removed it
+            pass
     return removed
 
 

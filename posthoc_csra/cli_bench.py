@@ -1,7 +1,11 @@
 """``posthoc-csra bench``: the command line of ``bench.run_bench`` (torch-free until it runs)."""
 from __future__ import annotations
 
+import importlib.util
+import math
+import re
 from pathlib import Path
+from typing import Sequence
 
 import click
 
@@ -9,6 +13,29 @@ from .cli import _report_errors, main
 from .spec import AMP_CHOICES
 
 TABLE_FORMATS = (".csv", ".parquet", ".json", ".md")
+MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "split", "n_images", "space", "heads", "lam", "selected",
+                    "mAP", "delta", "CF1", "OF1", "error"]
+
+
+def to_markdown(table, columns: Sequence[str] = MARKDOWN_COLUMNS) -> str:
+    """A GitHub Markdown table (mAP, delta, CF1, OF1 to 2 decimals; empty error column dropped)."""
+    import pandas as pd
+
+    columns = [c for c in columns if c in table and not (c == "error" and table[c].isna().all())]
+
+    def cell(column, value):
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if column in ("mAP", "delta", "CF1", "OF1"):
+            return f"{value:+.2f}" if column == "delta" else f"{value:.2f}"
+        if column == "lam":
+            return f"{value:g}"
+        return re.sub(r"\s+", " ", str(value)).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(cell(c, row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _img_size(ctx, param, values):
@@ -81,7 +108,7 @@ def _spaces(value):
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write the Markdown table here instead.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Statistics cache folder (default: $POSTHOC_CSRA_CACHE or ~/.cache/posthoc-csra).")
-@click.option("--chunk-size", type=int, default=256, show_default=True, help="Images per cache chunk.")
+@click.option("--chunk-size", type=int, default=128, show_default=True, help="Images per cache chunk (for a new cache).")
 @click.option("--dataset-seed", type=int, default=0, show_default=True, help="Seed of mosaic datasets.")
 @click.option("--mosaic-count", type=int, help="Number of mosaics (default: as many as the images allow).")
 @click.option("--batch-size", "-b", type=int, default=32, show_default=True)
@@ -109,9 +136,12 @@ def bench(models, checkpoint, random_weights, datasets, lams, heads, spaces, img
       posthoc-csra bench --checkpoint ../shared/weights -d voc2007:VOCdevkit --heads 1,4,8 \\
           --lam 0:1:0.1 --select-on val -o voc.parquet
     """
-    from .bench import run_bench, to_markdown
+    from .bench import run_bench
     from .scoring import write_table
 
+    if ray and importlib.util.find_spec("ray") is None:
+        raise click.ClickException("--ray needs Ray, which is not installed: pip install 'posthoc-csra[ray]' "
+                                   "(or run without --ray)")
     if random_weights and checkpoint:
         raise click.UsageError("pass either --checkpoint or --random-weights, not both")
     out = Path(output) if output else None

@@ -12,9 +12,10 @@ from test_cache import IMG, TinyImages, forward_count  # noqa: F401  (forward_co
 
 from posthoc_csra import bench
 from posthoc_csra.bench import (COLUMNS, class_map_for, evaluate_stats, expand_models, parse_heads, parse_lams,
-                                parse_spaces, run_bench, to_markdown)
+                                parse_spaces, run_bench)
 from posthoc_csra.classmaps import map_scores
 from posthoc_csra.cli import main
+from posthoc_csra.cli_bench import to_markdown
 from posthoc_csra.datasets import VOC_CLASSES
 from posthoc_csra.metrics import f1_scores, mean_average_precision
 from posthoc_csra.models import load_model
@@ -213,8 +214,11 @@ def test_failing_model_or_dataset_becomes_error_rows(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
 def test_ray_without_ray_is_a_clear_error(tmp_path):
+    spec = _imagenet_dir(tmp_path, 1)
     with pytest.raises(RuntimeError, match="pip install"):
-        run_bench("test_efficientnet", _imagenet_dir(tmp_path, 1), pretrained=False, ray=True, progress=False)
+        run_bench("test_efficientnet", spec, pretrained=False, ray=True, progress=False)
+    result = CliRunner().invoke(main, ["bench", "-m", "test_efficientnet", "--random-weights", "-d", spec, "--ray"])
+    assert result.exit_code == 1 and "--ray needs Ray" in result.output
 
 
 def test_to_markdown():

@@ -1,6 +1,7 @@
 """The statistics cache: hits, misses, corruption, stale keys, resume after an interrupt, atomic writes."""
 import hashlib
 import json
+import os
 import warnings
 
 import numpy as np
@@ -168,6 +169,22 @@ def test_unreadable_meta_is_stale_and_rebuilt(tmp_path, tiny_model):
         cache, ds, transform, make = _setup(tmp_path, tiny_model)
     _, _, computed = _ensure(cache, ds, transform, make)
     assert computed == 10
+
+
+def test_other_chunk_size_reuses_the_cache_and_old_temp_files_go(tmp_path, tiny_model, forward_count):
+    cache, ds, transform, make = _setup(tmp_path, tiny_model, chunk_size=4)
+    stats, _, _ = _ensure(cache, ds, transform, make)
+    old = cache.path / ".chunk-00009.npz.tmp-1-dead"  # left by a killed run
+    old.write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    fresh = cache.path / ".chunk-00008.npz.tmp-2-live"  # maybe another process writing right now
+    fresh.write_bytes(b"partial")
+    forward_count["n"] = 0
+    cache, ds, transform, make = _setup(tmp_path, tiny_model, chunk_size=7)
+    assert cache.chunk_size == 4 and not old.exists() and fresh.exists()
+    again, _, computed = _ensure(cache, ds, transform, make)
+    assert computed == 0 and forward_count["n"] == 0
+    _assert_same(stats, again)
 
 
 def test_stale_key_when_preprocessing_changes(tmp_path, tiny_model, forward_count):
