@@ -168,7 +168,7 @@ def _split_metrics(base, att, lams, h, targets, ignore, members, pool, threshold
 
 def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES, *, class_map=None,
                    pool: str = "max", threshold: float = 0.5, select_on: Optional[str] = None,
-                   val_fraction: float = 0.5, split_seed: int = 0):
+                   val_fraction: float = 0.5, split_seed: int = 0, split=None):
     """Rows (split, n_images, n_classes, space, heads, lam, selected, mAP, delta, CF1, OF1, pool,
     threshold) from cached statistics alone (see the module docstring for their meaning).
 
@@ -193,7 +193,7 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
     n = len(targets)
     if select_on == "val":
         from .datasets import split_indices
-        splits = dict(zip(("val", "test"), split_indices(n, val_fraction, split_seed)))
+        splits = dict(zip(("val", "test"), split if split is not None else split_indices(n, val_fraction, split_seed)))
     else:
         splits = {"all": None}
     rows = []
@@ -254,6 +254,7 @@ def _model_rows(name: str, datasets: Sequence[str], lams, heads, spaces, img_siz
     from .models import load_model
     from .runtime import Runtime
     from .scorer import CSRAScorer
+    from .datasets import dataset_split
     from .scoring import data_transform
 
     parts: list = []
@@ -265,9 +266,9 @@ def _model_rows(name: str, datasets: Sequence[str], lams, heads, spaces, img_siz
                 torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
                 net = load_model(name, checkpoint=checkpoint, pretrained=pretrained,
                                  **({"img_size": img_size} if img_size else {}))
-            transform, config = data_transform(net, img_size)
+            preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, crop_pct=1.0)}
             label, identity = weights_identity(name, checkpoint, pretrained, net)
-            where.update(weights=label, img_size=int(config["input_size"][-1]))
+            where.update(weights=label, img_size=int(preprocessing[False][1]["input_size"][-1]))
         except Exception as err:
             parts += [_error_row(err, dataset=spec, **where) for spec in datasets]
             continue
@@ -280,6 +281,7 @@ def _model_rows(name: str, datasets: Sequence[str], lams, heads, spaces, img_siz
         for spec in datasets:
             try:
                 ds = _dataset(spec, where["img_size"], dataset_cache, dataset_seed, mosaic_count)
+                transform, config = preprocessing[bool(getattr(ds, "full_frame", False))]
                 class_map = class_map_for(net.num_classes, ds)
                 fields = dict(model=name, weights=identity, timm=timm.__version__, num_classes=net.num_classes,
                               data_config=config, dataset=ds.fingerprint(), amp=runtime.amp)
@@ -291,7 +293,8 @@ def _model_rows(name: str, datasets: Sequence[str], lams, heads, spaces, img_siz
                 seconds = time.perf_counter() - start
                 df = evaluate_stats(stats, ds.targets(), ds.ignore_mask(), lams, heads, spaces,
                                     class_map=class_map, pool=pool, threshold=threshold, select_on=select_on,
-                                    val_fraction=val_fraction, split_seed=split_seed)
+                                    val_fraction=val_fraction, split_seed=split_seed,
+                                    split=dataset_split(ds, val_fraction, split_seed) if select_on else None)
                 df = df.assign(dataset=spec, exact=info.get("exact"), seconds=round(seconds, 3),
                                cached=computed == 0, **where)
                 df.attrs["backbone_images"] = computed

@@ -303,8 +303,17 @@ class Mosaic(torch.utils.data.Dataset):
         self.name, self.inner, self.k, self.size = name, inner, k, int(size)
         self.seed, self.count, self.tile = int(seed), count, int(size) // k
         self.classes, self.label_space = list(inner.classes), inner.label_space
+        # The first half of the mosaics take tiles from one half of the inner images, the rest from
+        # the other half, so a val/test split of mosaics never shares a tile image. (An inner set
+        # too small for two halves draws from all images and cannot be split.)
+        pools = dataset_split(inner, MOSAIC_VAL_FRACTION, self.seed)
+        n_val = int(round(count * MOSAIC_VAL_FRACTION))
+        if min(len(p) for p in pools) >= k * k:
+            self._split = (np.arange(n_val), np.arange(n_val, count))
+        else:
+            pools, n_val, self._split = (np.arange(n), np.arange(n)), count, None
         self.tile_indices = np.stack([
-            np.random.default_rng([self.seed, i]).choice(n, size=k * k, replace=False)
+            np.random.default_rng([self.seed, i]).choice(pools[0 if i < n_val else 1], size=k * k, replace=False)
             for i in range(count)]).astype(np.int64)
         t, g = inner.targets(), inner.ignore_mask()
         self._targets = t[self.tile_indices].max(axis=1).astype(np.uint8)
@@ -313,6 +322,19 @@ class Mosaic(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.count
+
+    #: composed at the evaluation resolution: evaluate the whole frame, no centre crop
+    full_frame = True
+
+    def split(self, val_fraction: float, seed: int):
+        """(val_idx, test_idx) whose mosaics share no tile image (tiles are drawn from disjoint halves)."""
+        if self._split is None:
+            raise ValueError(f"mosaic: {self.inner.name} has too few images ({len(self.inner)}) for two "
+                             f"tile-disjoint halves of {self.k * self.k}-tile mosaics")
+        if val_fraction != MOSAIC_VAL_FRACTION:
+            raise ValueError(f"mosaic datasets split in halves (val_fraction={MOSAIC_VAL_FRACTION}), "
+                             f"got val_fraction={val_fraction}")
+        return self._split
 
     def tiles(self, i: int) -> list[int]:
         return [int(j) for j in self.tile_indices[i]]
@@ -389,6 +411,15 @@ def parse_dataset(spec: str, *, size: Optional[int] = None, classes_file=None, s
     if classes_file is not None and prefix != "csv":
         raise ValueError(f"{prefix}: classes_file applies to csv specs only")
     return parser(spec, arg, classes_file) if prefix == "csv" else parser(spec, arg)
+
+
+MOSAIC_VAL_FRACTION = 0.5
+
+
+def dataset_split(dataset, val_fraction: float = 0.5, seed: int = 0):
+    """(val_idx, test_idx) of a dataset: its own ``split`` when it has one (mosaics), else ``split_indices``."""
+    own = getattr(dataset, "split", None)
+    return own(val_fraction, seed) if callable(own) else split_indices(len(dataset), val_fraction, seed)
 
 
 def split_indices(n: int, val_fraction: float = 0.5, seed: int = 0):

@@ -144,7 +144,9 @@ def detect_layout(model: nn.Module, features) -> FeatureLayout:
     if features.ndim == 3:
         prefix = getattr(model, "num_prefix_tokens", None)
         if prefix is None:
-            prefix = sum(getattr(model, name, None) is not None for name in ("cls_token", "dist_token"))
+            # A token parameter of shape (1, n, D) holds n prefix tokens (PiT-distilled: class + distillation).
+            prefix = sum((token.shape[-2] if token.ndim == 3 else 1) for token in
+                         (getattr(model, name, None) for name in ("cls_token", "dist_token")) if token is not None)
         if features.shape[1] <= prefix:
             raise UnsupportedModelError(f"forward_features returns {features.shape[1]} tokens, "
                                         f"no patch tokens after {prefix} prefix tokens")

@@ -60,13 +60,15 @@ def unique_column_names(names: Sequence[str]) -> List[str]:
     return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
 
 
-def data_transform(model, img_size: Optional[int] = None):
-    """timm's own eval preprocessing for the model, at ``img_size`` when given."""
+def data_transform(model, img_size: Optional[int] = None, crop_pct: Optional[float] = None):
+    """timm's own eval preprocessing for the model, at ``img_size`` / ``crop_pct`` when given."""
     from timm.data import create_transform, resolve_model_data_config
 
     config = resolve_model_data_config(model)
     if img_size is not None:
         config["input_size"] = (3, img_size, img_size)
+    if crop_pct is not None:
+        config["crop_pct"] = crop_pct
     return create_transform(**config, is_training=False), config
 
 
