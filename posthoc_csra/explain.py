@@ -175,6 +175,7 @@ def explain_image(path, model: str = "tf_efficientnet_lite0", checkpoint=None, p
     chosen = match_classes(classes, names) if classes else None
     transform, config = data_transform(net, img_size)
     scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
+    scorer.report()
     with torch.inference_mode(), runtime.autocast():
         out = scorer.forward_locations(runtime.inputs(transform(image).unsqueeze(0)))
     with torch.inference_mode():

@@ -202,7 +202,8 @@ def head_kind(model: nn.Module) -> str:
         kinds.append(f"{owner}/{type(modules[path]).__name__}")
     if not kinds:
         return f"{type(model).__name__}.forward_head/?"
-    return "+".join(kinds)
+    unique = list(dict.fromkeys(kinds))  # a distillation head: two classifiers of one kind
+    return "+".join(k if kinds.count(k) == 1 else f"{k}×{kinds.count(k)}" for k in unique)
 
 
 def per_location_logits(model: nn.Module, layout: FeatureLayout, features: torch.Tensor) -> torch.Tensor:

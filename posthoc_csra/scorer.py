@@ -1,7 +1,7 @@
 """``CSRAScorer``: any timm classifier + the CSRA rule, one backbone pass per batch."""
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -11,6 +11,8 @@ from torch import nn
 from . import heads as _heads
 from . import rule
 from .heads import UnsupportedModelError
+
+log = logging.getLogger("posthoc_csra")
 
 
 @dataclass
@@ -95,6 +97,10 @@ class CSRAScorer(nn.Module):
             "logits are the head applied to each location (their mean is not the model's logits)")
         return f"{self.feature_format} features, head {self.head_kind}, {how}"
 
+    def report(self) -> None:
+        """Log how locations were found: a warning when the per-location path is an approximation."""
+        (log.info if self.exact else log.warning)("posthoc-csra: %s", self.describe())
+
     def forward_locations(self, x: torch.Tensor) -> LocationOutput:
         """(B, 3, H, W) images → model logits (B, C), per-location logits (B, C, L), grid — one backbone pass."""
         features = self.model.forward_features(x)
@@ -144,8 +150,3 @@ class CSRAScorer(nn.Module):
             stats[f"{space}_att"] = rule.attention_terms(s, rule.STAT_TEMPERATURES)
         return {k: v.cpu() for k, v in stats.items()}
 
-
-def warn_if_approximate(scorer: CSRAScorer) -> None:
-    """Emit a UserWarning once when the per-location path is an approximation for this head."""
-    if not scorer.exact:
-        warnings.warn(f"posthoc-csra: {scorer.describe()}", UserWarning, stacklevel=2)

@@ -1,7 +1,6 @@
 """Score every image under a folder with a model and the CSRA rule (the library behind ``posthoc-csra score``)."""
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +8,6 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-log = logging.getLogger("posthoc_csra")
 
 OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 
@@ -100,7 +98,7 @@ def score_folder(image_dir: Union[str, Path], model: str = "tf_efficientnet_lite
     transform, config = data_transform(net, img_size)
     scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
     runtime.compile_model(net)
-    log.info("posthoc-csra: %s", scorer.describe())
+    scorer.report()
     names = class_names(net)
     topk = min(topk, scorer.num_classes)
 
