@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib
 import os
 import platform
 import resource
@@ -59,6 +60,8 @@ END_TO_END_GOAL = 0.95
 PIPELINE_MODEL = "tf_efficientnet_lite0"
 SCORER_CONFIGS = (("heads=1, logit", 1, "logit"), ("heads=8, prob", 8, "prob"))
 LAM = 0.1
+#: Shares of ``--budget`` for the timed repetitions of sections (a) and (b); (c) has fixed sizes.
+A_SHARE, B_SHARE = 0.5, 0.35
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -139,14 +142,18 @@ def _quartiles(values: Sequence[float]):
 
 
 def _interleaved(fns: Dict[str, Callable[[], object]], reps: int, device: torch.device,
-                 peaks: Optional[Dict[str, PeakMemory]] = None):
+                 peaks: Optional[Dict[str, PeakMemory]] = None, deadline: Optional[float] = None,
+                 min_reps: int = 1):
     """Time every function once per repetition, alternating the order (ABC, CBA, ...).
 
-    Returns {name: {"wall": [..], "cpu": [..]}}.
+    Stops after ``reps`` repetitions, or earlier once ``time.perf_counter()`` passes
+    ``deadline`` and at least ``min_reps`` were done. Returns {name: {"wall": [..], "cpu": [..]}}.
     """
     names = list(fns)
     times = {name: {"wall": [], "cpu": []} for name in names}
     for rep in range(reps):
+        if deadline is not None and rep >= min_reps and time.perf_counter() > deadline:
+            break
         for name in (names if rep % 2 == 0 else names[::-1]):
             if peaks is not None:
                 with peaks[name]:
@@ -162,6 +169,17 @@ def _paired_ratio(num: Sequence[float], den: Sequence[float]):
     """Median and quartiles of the per-repetition ratios num[i] / den[i]."""
     ratios = [a / b for a, b in zip(num, den)]
     return statistics.median(ratios), _quartiles(ratios)
+
+
+def _verdict(value: float, goal: Optional[float], q1: float, q3: float, kind: str) -> str:
+    """PASS / FAIL of ``value`` against ``goal`` (``kind`` "max": value <= goal; "min": value >= goal).
+
+    "(within noise)" is added when the goal lies inside the quartiles of the repetitions.
+    """
+    if goal is None:
+        return ""
+    ok = value <= goal if kind == "max" else value >= goal
+    return ("PASS" if ok else "FAIL") + (" (within noise)" if q1 <= goal <= q3 else "")
 
 
 def _python_calls(fn: Callable[[], object]) -> int:
@@ -232,7 +250,7 @@ def _flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def bench_overhead(name: str, args, runtime: Runtime) -> dict:
+def bench_overhead(name: str, args, runtime: Runtime, deadline: Optional[float] = None) -> dict:
     """Section (a) for one model: plain forward vs the scorer, interleaved, same batch."""
     import timm
 
@@ -269,7 +287,7 @@ def bench_overhead(name: str, args, runtime: Runtime) -> dict:
         for _ in range(args.warmup):
             for fn in fns.values():
                 fn()
-        times = _interleaved(fns, args.reps, device, peaks)
+        times = _interleaved(fns, args.reps, device, peaks, deadline, min(args.min_reps, args.reps))
 
         # The extra work alone, on fixed features: per-location logits + grid + the rule.
         features = model.forward_features(x)
@@ -308,7 +326,7 @@ def bench_overhead(name: str, args, runtime: Runtime) -> dict:
         "flop_ratio": scorer_flops / plain_flops,
         "feature_format": first.feature_format, "exact": first.exact,
         "python_calls": calls,
-        "rows": rows, "goal": GOALS.get(name),
+        "rows": rows, "goal": GOALS.get(name), "reps": len(times["plain"]["wall"]),
         "maxrss_mb": _maxrss_mb(),
     }
     return result
@@ -316,15 +334,18 @@ def bench_overhead(name: str, args, runtime: Runtime) -> dict:
 
 def section_a(args, runtime: Runtime, log) -> List[dict]:
     results = []
-    for name in args.models:
+    start = time.perf_counter()
+    share = args.budget * A_SHARE / max(1, len(args.models)) if args.budget else None
+    for i, name in enumerate(args.models):
         t0 = time.perf_counter()
-        r = bench_overhead(name, args, runtime)
+        deadline = start + share * (i + 1) if share else None
+        r = bench_overhead(name, args, runtime, deadline)
         gc.collect()
         r["seconds"] = time.perf_counter() - t0
         results.append(r)
         main = r["rows"][0]
-        verdict = "" if r["goal"] is None else ("PASS" if main["ratio"] <= r["goal"] else "FAIL")
-        log(f"(a) {name}: plain {main['plain_s']:.3f}s  scorer {main['scorer_s']:.3f}s  "
+        verdict = _verdict(main["ratio"], r["goal"], main["q1"], main["q3"], "max")
+        log(f"(a) {name} ({r['reps']} reps): plain {main['plain_s']:.3f}s  scorer {main['scorer_s']:.3f}s  "
             f"ratio {main['ratio']:.3f} (floor {r['floor']:.3f}, goal {r['goal']}) {verdict}  "
             f"[{r['seconds']:.0f}s]")
     return results
@@ -423,16 +444,18 @@ def section_b(args, runtime: Runtime, log) -> dict:
         fns = {
             "plain timm loop": lambda: counts.__setitem__("plain timm loop", plain_loop(image_dir, args, runtime)),
             "score_folder": pipeline,
-            "loader + CSRAScorer": lambda: counts.__setitem__("loader + CSRAScorer",
-                                                              scorer_loop(image_dir, args, runtime)),
         }
-        if args.b_skip_scorer_loop:
-            fns.pop("loader + CSRAScorer")
+        if args.b_scorer_loop:
+            fns["loader + CSRAScorer"] = lambda: counts.__setitem__("loader + CSRAScorer",
+                                                                    scorer_loop(image_dir, args, runtime))
         peaks = {name: PeakMemory(device) for name in fns}
-        for name, fn in fns.items():  # warm-up: file cache, imports, allocator
-            fn()
-            log(f"(b) warm-up {name}: {counts[name]} images")
-        times = _interleaved(fns, args.b_reps, device, peaks)
+        importlib.import_module("pandas")  # score_folder's import, outside the timings
+
+        start = time.perf_counter()
+        fns["plain timm loop"]()  # warm-up: page cache of the JPEGs, weights file, imports
+        log(f"(b) warm-up: {counts['plain timm loop']} images in {time.perf_counter() - start:.1f}s")
+        deadline = start + args.budget * B_SHARE if args.budget else None
+        times = _interleaved(fns, args.b_reps, device, peaks, deadline, min(args.min_reps_b, args.b_reps))
 
     n_images = counts["plain timm loop"]
     plain = statistics.median(times["plain timm loop"]["wall"])
@@ -444,10 +467,12 @@ def section_b(args, runtime: Runtime, log) -> dict:
                      "ratio": ratio, "q1": q1, "q3": q3, "peak_mb": peaks[name].peak_mb,
                      "walls": times[name]["wall"]})
     result = {"rows": rows, "n_images": n_images, "plain_s": plain, "maxrss_mb": _maxrss_mb(),
+              "reps": len(times["plain timm loop"]["wall"]),
               "children_maxrss_mb": _maxrss_mb(resource.RUSAGE_CHILDREN)}
     main = next(r for r in rows if r["path"] == "score_folder")
-    log(f"(b) score_folder {main['ips']:.1f} img/s vs plain {n_images / plain:.1f} img/s: "
-        f"ratio {main['ratio']:.3f} ({'PASS' if main['ratio'] >= END_TO_END_GOAL else 'FAIL'})")
+    log(f"(b) score_folder {main['ips']:.1f} img/s vs plain {n_images / plain:.1f} img/s "
+        f"({result['reps']} reps): ratio {main['ratio']:.3f} "
+        f"{_verdict(main['ratio'], END_TO_END_GOAL, main['q1'], main['q3'], 'min')}")
     return result
 
 
@@ -480,8 +505,9 @@ def render(args, info, results, notes, started, elapsed) -> str:
              f"- Run time: {elapsed:.0f} s"]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += [f"- Settings: device {args.device}, amp {args.amp}, channels_last {args.channels_last}, "
-              f"compile {args.compile}, batch {args.batch_size}, {args.img_size} px, reps {args.reps} "
-              f"(section b: {args.b_reps}), warm-up {args.warmup}"]
+              f"compile {args.compile}, batch {args.batch_size}, {args.img_size} px, up to {args.reps} reps "
+              f"in (a) and {args.b_reps} in (b) (at least {args.min_reps} / {args.min_reps_b}; time budget "
+              f"{f'{args.budget:.0f} s' if args.budget else 'off'}), warm-up {args.warmup}"]
     if notes:
         lines += ["", "**Notes**", ""] + [f"- {note}" for note in notes]
 
@@ -489,8 +515,8 @@ def render(args, info, results, notes, started, elapsed) -> str:
         lines += ["", "## (a) Scorer overhead vs the plain forward", "",
                   f"Random weights (timing does not depend on them), one fixed random batch "
                   f"({args.batch_size}, 3, {args.img_size}, {args.img_size}), `torch.inference_mode`, "
-                  f"{args.warmup} warm-up call(s) each, then {args.reps} interleaved repetitions "
-                  f"(plain, scorers, then the reverse order). λ = {LAM}.", "",
+                  f"{args.warmup} warm-up call(s) each, then interleaved repetitions "
+                  f"(plain, scorers, then the reverse order; count in the reps column). λ = {LAM}.", "",
                   "- **ratio**: median over repetitions of scorer time / plain time of the same "
                   "repetition (wall clock), [quartiles]; **CPU ratio**: the same with process CPU time; "
                   "**min ratio**: fastest scorer call / fastest plain call (the least disturbed pair).",
@@ -498,20 +524,23 @@ def render(args, info, results, notes, started, elapsed) -> str:
                   "model MACs from `torch.utils.flop_counter.FlopCounterMode` on one forward. "
                   "**FLOP ratio**: counted FLOPs of the scorer forward / the plain forward.",
                   "- **parts**: 1 + (the extra work timed alone on fixed features: per-location head, grid, "
-                  "rule) / plain time: a low-noise cross-check of the ratio.",
+                  "rule; median of at least 15 calls) / median plain time: a lower-noise cross-check.",
+                  "- **result**: the ratio against the goal; \"(within noise)\" when the goal lies inside the "
+                  "ratio's quartiles.",
                   f"- **memory**: {mem_what} during the timed calls, MiB.", "",
-                  "| model | L | d | C | GMACs/img | config | plain s | scorer s | ratio [q1–q3] | CPU ratio "
-                  "| min ratio | parts | floor | FLOP ratio | goal | result | memory plain / scorer |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+                  "| model | L | d | C | GMACs/img | reps | config | plain s | scorer s | ratio [q1–q3] "
+                  "| CPU ratio | min ratio | parts | floor | FLOP ratio | goal | result | memory plain / scorer |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for r in results["a"]:
             for i, row in enumerate(r["rows"]):
                 main = i == 0
                 gmacs = f"{r['plain_gmacs']:.2f}" if main else ""
                 goal = f"≤ {r['goal']:.2f}" if (main and r["goal"]) else ""
-                verdict = ("**PASS**" if row["ratio"] <= r["goal"] else "**FAIL**") if goal else ""
+                verdict = _verdict(row["ratio"], r["goal"], row["q1"], row["q3"], "max") if goal else ""
+                verdict = f"**{verdict}**" if verdict else ""
                 lines.append(
                     f"| {r['model'] if main else ''} | {r['L'] if main else ''} | {r['d'] if main else ''} "
-                    f"| {r['C'] if main else ''} | {gmacs} "
+                    f"| {r['C'] if main else ''} | {gmacs} | {r['reps'] if main else ''} "
                     f"| {row['config']} | {row['plain_s']:.3f} | {row['scorer_s']:.3f} "
                     f"| {row['ratio']:.3f} [{row['q1']:.3f}–{row['q3']:.3f}] | {row['cpu_ratio']:.3f} "
                     f"| {row['min_ratio']:.3f} | {row['parts_ratio']:.3f} | {r['floor']:.3f} | {r['flop_ratio']:.3f} | {goal} | {verdict} "
@@ -534,12 +563,12 @@ def render(args, info, results, notes, started, elapsed) -> str:
                   f" {PIPELINE_MODEL} with its real weights (shared weights manifest), timm's eval transform, "
                   f"`ImageFiles` + `collate_images` DataLoader, batch {args.batch_size}, {args.workers} workers. "
                   f"Each path is timed end to end (model load, loader and workers start-up, decode, forward); "
-                  f"one warm-up each, then {args.b_reps} interleaved repetitions, medians.", "",
+                  f"one warm-up run of the plain loop, then {b['reps']} interleaved repetitions, medians.", "",
                   "- **plain timm loop**: load the model, build the same loader, `model(images)` only.",
                   f"- **score_folder**: the `posthoc-csra score` library call (heads=1, logit, λ={LAM}), "
                   "results table written to a CSV file.",
-                  "- **loader + CSRAScorer**: the plain loop with the scorer in place of the model "
-                  "(no table, no file).",
+                  *(["- **loader + CSRAScorer**: the plain loop with the scorer in place of the model "
+                     "(no table, no file)."] if len(b["rows"]) > 2 else []),
                   "- **vs plain**: median over repetitions of plain time / path time (images/s ratio).", "",
                   f"| path | images | median s | images/s | vs plain [q1–q3] | goal | result | "
                   f"{'peak CUDA MiB' if device.type == 'cuda' else 'peak RSS MiB (main process)'} |",
@@ -547,7 +576,7 @@ def render(args, info, results, notes, started, elapsed) -> str:
         for row in b["rows"]:
             main = row["path"] == "score_folder"
             goal = f"≥ {END_TO_END_GOAL:.2f}" if main else ""
-            verdict = ("**PASS**" if row["ratio"] >= END_TO_END_GOAL else "**FAIL**") if main else ""
+            verdict = f"**{_verdict(row['ratio'], END_TO_END_GOAL, row['q1'], row['q3'], 'min')}**" if main else ""
             lines.append(f"| {row['path']} | {row['images']} | {row['seconds']:.2f} | {row['ips']:.1f} "
                          f"| {row['ratio']:.3f} [{row['q1']:.3f}–{row['q3']:.3f}] | {goal} | {verdict} "
                          f"| {_fmt_mb(row['peak_mb'])} |")
@@ -589,7 +618,7 @@ def print_tables(results, log) -> None:
         for r in results["a"]:
             for i, row in enumerate(r["rows"]):
                 goal = r["goal"] if i == 0 else None
-                verdict = "" if goal is None else ("PASS" if row["ratio"] <= goal else "FAIL")
+                verdict = _verdict(row["ratio"], goal, row["q1"], row["q3"], "max")
                 log(f"{r['model'] if i == 0 else '':<24}{row['config']:<16}{row['plain_s']:>9.3f}"
                     f"{row['scorer_s']:>10.3f}{row['ratio']:>8.3f}{row['parts_ratio']:>8.3f}{r['floor']:>8.3f}"
                     f"{'' if goal is None else f'{goal:.2f}':>7}  {verdict}")
@@ -597,7 +626,8 @@ def print_tables(results, log) -> None:
         log("")
         log(f"{'path':<24}{'images':>7}{'img/s':>9}{'vs plain':>10}  result")
         for row in results["b"]["rows"]:
-            verdict = ("PASS" if row["ratio"] >= END_TO_END_GOAL else "FAIL") if row["path"] == "score_folder" else ""
+            verdict = (_verdict(row["ratio"], END_TO_END_GOAL, row["q1"], row["q3"], "min")
+                       if row["path"] == "score_folder" else "")
             log(f"{row['path']:<24}{row['images']:>7}{row['ips']:>9.1f}{row['ratio']:>10.3f}  {verdict}")
     if "c" in results:
         c = results["c"]
@@ -615,16 +645,22 @@ def parse_args(argv=None):
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (forward_features)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions in (a) (default 9 CPU, 30 CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per path in (a) (default 1, 3 with compile/CUDA)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions in (a); 9 on CPU, 30 on CUDA when not given")
+    p.add_argument("--min-reps", type=int, default=5, help="repetitions in (a) done even past the time budget")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="soft time budget in seconds: (a) and (b) stop repeating (after the minimum) once "
+                        f"their shares ({A_SHARE * 100:.0f}%%, {B_SHARE * 100:.0f}%%) are spent; 0 = off")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per path in (a); 1, or 3 with --compile or CUDA, when not given")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated timm names for (a)")
     p.add_argument("--sections", default="a,b,c", help="any of a,b,c")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers in (b)")
-    p.add_argument("--b-reps", type=int, default=None, help="timed repetitions in (b) (default 5)")
+    p.add_argument("--b-reps", type=int, default=None, help="timed repetitions in (b); 5 when not given")
+    p.add_argument("--min-reps-b", type=int, default=3, help="repetitions in (b) done even past the budget")
     p.add_argument("--b-repeat", type=int, default=1, help="use the 530 JPEGs this many times in (b)")
-    p.add_argument("--b-skip-scorer-loop", action="store_true", help="(b) without the loader + CSRAScorer row")
+    p.add_argument("--b-scorer-loop", action="store_true",
+                   help="(b) also times the plain loop with CSRAScorer in place of the model")
     p.add_argument("--c-images", type=int, default=5000)
     p.add_argument("--c-classes", type=int, default=1000)
     p.add_argument("--c-lams", type=int, default=101)
