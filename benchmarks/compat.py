@@ -188,18 +188,109 @@ def _expected_grids(model, hw: Tuple[int, int]) -> List[Tuple[int, int]]:
     return [g for g in dict.fromkeys(grids) if len(g) == 2]
 
 
+class FastInit:
+    """While active, the random fills of weight init copy from a pre-drawn pool (a memory copy
+    instead of drawing every number; drawing is most of the time to create a big model on CPU).
+
+    Each fill keeps its distribution's parameters: ``uniform_(a, b)``, ``normal_(mean, std)`` and
+    timm's / torch's ``trunc_normal_(mean, std, a, b)``; only the numbers are reused (at random
+    offsets) across and within tensors. The architecture and forward are the real ones.
+    """
+
+    POOL = 1 << 22
+
+    def __init__(self, seed: int = 0):
+        import random
+
+        self.rng = random.Random(seed)
+        self.pools = {}
+        self.saved = []
+
+    def _pool(self, kind: str):
+        import torch
+
+        if kind not in self.pools:
+            gen = torch.Generator().manual_seed(self.rng.randrange(1 << 30))
+            self.pools[kind] = (torch.rand if kind == "uniform" else torch.randn)(self.POOL, generator=gen)
+        return self.pools[kind]
+
+    def _fill(self, tensor, kind: str, scale: float, shift: float, lo=None, hi=None):
+        import torch
+
+        with torch.no_grad():
+            n = tensor.numel()
+            direct = tensor.is_contiguous() and tensor.dtype == torch.float32
+            target = tensor.view(-1) if direct else torch.empty(n)
+            pool = self._pool(kind)
+            i = 0
+            while i < n:  # chunks of at most half the pool, each from a random offset
+                k = min(n - i, self.POOL // 2)
+                start = self.rng.randrange(self.POOL - k + 1)
+                torch.mul(pool[start:start + k], scale, out=target[i:i + k])
+                i += k
+            if shift:
+                target.add_(shift)
+            if lo is not None:
+                target.clamp_(min=lo, max=hi)
+            if not direct:
+                tensor.copy_(target.view(tensor.shape))
+        return tensor
+
+    def __enter__(self):
+        import torch
+        import torch.nn.init as torch_init
+        from timm.layers import weight_init
+
+        def wrap(original, fast):
+            def method(tensor, *args, **kwargs):
+                if tensor.device.type != "cpu" or not tensor.is_floating_point():
+                    return original(tensor, *args, **kwargs)
+                kwargs.pop("generator", None)
+                return fast(tensor, *args, **kwargs)
+            return method
+
+        uniform = wrap(torch.Tensor.uniform_, lambda t, a=0.0, b=1.0: self._fill(t, "uniform", b - a, a))
+        normal = wrap(torch.Tensor.normal_, lambda t, mean=0.0, std=1.0: self._fill(t, "normal", std, mean))
+        trunc = wrap(weight_init._trunc_normal_,
+                     lambda t, mean, std, a, b: self._fill(t, "normal", std, mean, a, b))
+        torch_trunc = wrap(torch_init._no_grad_trunc_normal_,
+                           lambda t, mean, std, a, b: self._fill(t, "normal", std, mean, a, b))
+        for owner, name, fast in ((torch.Tensor, "uniform_", uniform), (torch.Tensor, "normal_", normal),
+                                  (weight_init, "_trunc_normal_", trunc),
+                                  (torch_init, "_no_grad_trunc_normal_", torch_trunc)):
+            self.saved.append((owner, name, owner.__dict__[name] if name in owner.__dict__ else getattr(owner, name)))
+            setattr(owner, name, fast)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original in reversed(self.saved):
+            setattr(owner, name, original)
+        self.saved.clear()
+        self.pools.clear()
+        return False
+
+
+FAST_INIT = True
+
+
 def _create(arch: str, size: Optional[int]):
     """(model, took_img_size). ``size=None``: the model as registered (its default size)."""
+    import contextlib
+
     import timm
 
+    def create(**kwargs):
+        with FastInit() if FAST_INIT else contextlib.nullcontext():
+            return timm.create_model(arch, pretrained=False, **kwargs)
+
     if size is None:
-        return timm.create_model(arch, pretrained=False), False
+        return create(), False
     try:
-        return timm.create_model(arch, pretrained=False, img_size=size), True
+        return create(img_size=size), True
     except TypeError as err:
         if "img_size" not in str(err):
             raise
-    return timm.create_model(arch, pretrained=False), False
+    return create(), False
 
 
 def _prepare(model):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Union
 
@@ -233,9 +234,10 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
 # ---------------------------------------------------------------- the benchmark
 def _dataset(spec: str, size: int, cache: dict, seed: int, count: Optional[int]):
     from .datasets import parse_dataset
-    key = (spec, size if spec.startswith("mosaic") else None)
+    is_mosaic = spec.startswith("mosaic")
+    key = (spec, size if is_mosaic else None)
     if key not in cache:
-        cache[key] = parse_dataset(spec, size=size, seed=seed, count=count)
+        cache[key] = parse_dataset(spec, size=size, seed=seed, count=count if is_mosaic else None)
     return cache[key]
 
 
@@ -243,53 +245,102 @@ def _error_row(err: BaseException, **fields) -> dict:
     return {**fields, "error": f"{type(err).__name__}: {err}"}
 
 
+@dataclass
+class PreparedModel:
+    """A loaded model with its two preprocessings (``full_frame`` False: timm's crop; True: no crop)."""
+
+    name: str
+    net: "torch.nn.Module"  # noqa: F821
+    preprocessing: dict
+    weights_label: str
+    weights_key: str
+
+    @property
+    def img_size(self) -> int:
+        return int(self.preprocessing[False][1]["input_size"][-1])
+
+
+def prepare_model(name: str, img_size: Optional[int] = None, checkpoint=None,
+                  pretrained: Optional[bool] = None) -> PreparedModel:
+    import torch
+
+    from .cache import weights_identity
+    from .models import load_model
+    from .scoring import data_transform
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
+        net = load_model(name, checkpoint=checkpoint, pretrained=pretrained,
+                         **({"img_size": img_size} if img_size else {}))
+    preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, crop_pct=1.0)}
+    label, identity = weights_identity(name, checkpoint, pretrained, net)
+    return PreparedModel(name, net, preprocessing, label, identity)
+
+
+def dataset_statistics(prepared: PreparedModel, ds, cache_dir, runtime, batch_size: int = 32, workers: int = 2,
+                       chunk_size: int = 128, progress: bool = True, desc: Optional[str] = None):
+    """(stats, info, images computed) of a model on a dataset: from the cache, computing what is missing."""
+    import timm
+
+    from .cache import StatsCache, ensure_statistics
+    from .scorer import CSRAScorer
+
+    net = prepared.net
+    transform, config = prepared.preprocessing[bool(getattr(ds, "full_frame", False))]
+    fields = dict(model=prepared.name, weights=prepared.weights_key, timm=timm.__version__,
+                  num_classes=net.num_classes, data_config=config, dataset=ds.fingerprint(), amp=runtime.amp)
+    cache = StatsCache(cache_dir, fields, len(ds), net.num_classes, chunk_size)
+
+    def make_scorer():
+        scorer = runtime.prepare(CSRAScorer(net, input_size=config["input_size"]))
+        runtime.compile_model(net)
+        return scorer
+
+    return ensure_statistics(cache, ds, transform, make_scorer, runtime, batch_size=batch_size, workers=workers,
+                             progress=progress, desc=desc or f"{prepared.name} @{prepared.img_size}")
+
+
+def load_statistics(model: str, dataset: str, *, img_size: Optional[int] = None, checkpoint=None,
+                    pretrained: Optional[bool] = None, cache_dir=None, dataset_seed: int = 0,
+                    mosaic_count: Optional[int] = None, device: str = "cpu", amp: str = "none",
+                    batch_size: int = 32, workers: int = 2, progress: bool = True):
+    """The cached per-location statistics ``run_bench`` uses for one model on one dataset spec
+    (computed when missing) → (stats dict of arrays, scorer info, dataset)."""
+    from .config import default_cache_dir
+    from .runtime import Runtime
+
+    prepared = prepare_model(model, img_size, checkpoint, pretrained)
+    ds = _dataset(dataset, prepared.img_size, {}, dataset_seed, mosaic_count)
+    stats, info, _ = dataset_statistics(prepared, ds, Path(cache_dir or default_cache_dir()),
+                                        Runtime(device=device, amp=amp), batch_size, workers, progress=progress)
+    return stats, info, ds
+
+
 def _model_rows(name: str, datasets: Sequence[str], lams, heads, spaces, img_sizes, checkpoint, pretrained,
                 select_on, val_fraction, split_seed, cache_dir, runtime_kwargs, batch_size, workers, pool,
                 threshold, chunk_size, dataset_seed, mosaic_count, progress, dataset_cache) -> list:
     """Rows (DataFrames or error dicts) of one model over all sizes and datasets."""
-    import timm
-    import torch
-
-    from .cache import StatsCache, ensure_statistics, weights_identity
-    from .models import load_model
-    from .runtime import Runtime
-    from .scorer import CSRAScorer
     from .datasets import dataset_split
-    from .scoring import data_transform
+    from .runtime import Runtime
 
     parts: list = []
     runtime = Runtime(**runtime_kwargs)
     for img_size in img_sizes:
         where = dict(model=name, weights=None, img_size=img_size)
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
-                net = load_model(name, checkpoint=checkpoint, pretrained=pretrained,
-                                 **({"img_size": img_size} if img_size else {}))
-            preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, crop_pct=1.0)}
-            label, identity = weights_identity(name, checkpoint, pretrained, net)
-            where.update(weights=label, img_size=int(preprocessing[False][1]["input_size"][-1]))
+            prepared = prepare_model(name, img_size, checkpoint, pretrained)
+            where.update(weights=prepared.weights_label, img_size=prepared.img_size)
         except Exception as err:
             parts += [_error_row(err, dataset=spec, **where) for spec in datasets]
             continue
-
-        def make_scorer():
-            scorer = runtime.prepare(CSRAScorer(net, input_size=config["input_size"]))
-            runtime.compile_model(net)
-            return scorer
-
         for spec in datasets:
             try:
-                ds = _dataset(spec, where["img_size"], dataset_cache, dataset_seed, mosaic_count)
-                transform, config = preprocessing[bool(getattr(ds, "full_frame", False))]
-                class_map = class_map_for(net.num_classes, ds)
-                fields = dict(model=name, weights=identity, timm=timm.__version__, num_classes=net.num_classes,
-                              data_config=config, dataset=ds.fingerprint(), amp=runtime.amp)
-                cache = StatsCache(cache_dir, fields, len(ds), net.num_classes, chunk_size)
+                ds = _dataset(spec, prepared.img_size, dataset_cache, dataset_seed, mosaic_count)
+                class_map = class_map_for(prepared.net.num_classes, ds)
                 start = time.perf_counter()
-                stats, info, computed = ensure_statistics(
-                    cache, ds, transform, make_scorer, runtime, batch_size=batch_size, workers=workers,
-                    progress=progress, desc=f"{name} @{where['img_size']} on {Path(spec).name or spec}")
+                stats, info, computed = dataset_statistics(
+                    prepared, ds, cache_dir, runtime, batch_size, workers, chunk_size, progress,
+                    desc=f"{name} @{prepared.img_size} on {Path(spec).name or spec}")
                 seconds = time.perf_counter() - start
                 df = evaluate_stats(stats, ds.targets(), ds.ignore_mask(), lams, heads, spaces,
                                     class_map=class_map, pool=pool, threshold=threshold, select_on=select_on,
