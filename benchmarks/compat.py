@@ -56,7 +56,7 @@ DEFAULT_CSV = RESULTS / "compat.csv"
 DEFAULT_MD = RESULTS / "compat.md"
 
 COLUMNS = ["model", "head_kind", "feature_format", "num_locations", "exact", "supported", "reason",
-           "seconds", "input_size", "grid", "params_m"]
+           "seconds", "input_size", "grid", "num_classes", "params_m"]
 SMALL_SIZES = (64, 96, 128, 160, 192, 224)
 MAX_IMG_SIZE = 128  # largest small size tried on models created for an img_size
 MIN_LOCATIONS = 4
@@ -127,7 +127,7 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
         return unsupported(str(err))
     except Exception as err:  # noqa: BLE001 - a scorer bug, not a clean rejection: still a reason
         return unsupported(f"CSRAScorer raised {_short(err)}")
-    row.update(head_kind=scorer.head_kind, feature_format=scorer.feature_format,
+    row.update(num_classes=int(y.shape[1]), head_kind=scorer.head_kind, feature_format=scorer.feature_format,
                num_locations=scorer.probe_locations, exact=bool(scorer.exact))
     if scorer.probe_locations < MIN_LOCATIONS and not allow_few_locations:
         raise _SizeError(f"only {scorer.probe_locations} locations at {size} px")
@@ -273,7 +273,7 @@ class FastInit:
 FAST_INIT = True
 
 
-def _create(arch: str, size: Optional[int]):
+def _create(arch: str, size: Optional[int], extra: Dict):
     """(model, took_img_size). ``size=None``: the model as registered (its default size)."""
     import contextlib
 
@@ -281,7 +281,7 @@ def _create(arch: str, size: Optional[int]):
 
     def create(**kwargs):
         with FastInit() if FAST_INIT else contextlib.nullcontext():
-            return timm.create_model(arch, pretrained=False, **kwargs)
+            return timm.create_model(arch, pretrained=False, **extra, **kwargs)
 
     if size is None:
         return create(), False
@@ -305,6 +305,9 @@ def probe_arch(arch: str) -> Dict:
 
     cfg = get_pretrained_cfg(arch)
     default_hw = tuple(int(v) for v in ((getattr(cfg, "input_size", None) or (3, 224, 224))[-2:]))
+    # Feature extractors (num_classes=0: the head is Identity) get timm's own 1000-class head,
+    # as when the backbone is fine-tuned as a classifier.
+    extra = {} if getattr(cfg, "num_classes", 1000) else {"num_classes": 1000}
     row: Optional[Dict] = None
     model, sized, params = None, True, None
     for size in [s for s in SMALL_SIZES if s < min(default_hw)]:
@@ -313,7 +316,7 @@ def probe_arch(arch: str) -> Dict:
         if model is None or sized:  # models that take img_size are created for each size
             model = None
             try:
-                model, sized = _create(arch, size)
+                model, sized = _create(arch, size, extra)
             except Exception:  # noqa: BLE001 - not at this img_size; the default is tried last
                 continue
             model = _prepare(model)
@@ -330,7 +333,7 @@ def probe_arch(arch: str) -> Dict:
     # The model as registered, at its default pretrained_cfg input size.
     if model is None or sized:
         model = None
-        model = _prepare(_create(arch, None)[0])
+        model = _prepare(_create(arch, None, extra)[0])
         params = sum(p.numel() for p in model.parameters())
     try:
         row = _check(model, default_hw, allow_few_locations=True)
@@ -394,12 +397,25 @@ def is_failure(row: Dict) -> bool:
     return row.get("reason", "").startswith(("timeout", "crashed", "out of memory"))
 
 
-def memory_total() -> int:
+def meminfo(key: str = "MemTotal") -> int:
+    """Bytes of ``key`` in /proc/meminfo (MemTotal, MemAvailable)."""
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("MemTotal:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 16 << 30
+
+
+OVERHEAD = 3 << 30  # address space of a worker (torch + timm) before any model
+MARGIN = 3 << 29  # RAM left to everything else on the machine
+
+
+def worker_memory_limit(share: int) -> int:
+    """Address-space limit for a worker started now: its share, or what RAM is free now if less.
+
+    The machine may be shared: a model that does not fit fails with an allocation error in its
+    own worker instead of pushing other processes into the OOM killer."""
+    return OVERHEAD + max(1 << 30, min(share, meminfo("MemAvailable") - MARGIN))
 
 
 def _format(row: Dict) -> Dict:
@@ -411,7 +427,7 @@ def _format(row: Dict) -> Dict:
 
 
 def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, threads: int,
-            mem_bytes: Optional[int]) -> List[Dict]:
+            mem_share: Optional[int]) -> List[Dict]:
     """Run ``archs`` in worker processes, appending one CSV row each; the rows."""
     from tqdm import tqdm
 
@@ -440,7 +456,8 @@ def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, thre
             while pending and len(active) < workers:
                 arch = pending.pop(0)
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(arch, child, threads, mem_bytes), daemon=True)
+                mem = worker_memory_limit(mem_share) if mem_share else None
+                proc = ctx.Process(target=_worker, args=(arch, child, threads, mem), daemon=True)
                 proc.start()
                 child.close()
                 active[arch] = (proc, parent, time.perf_counter())
@@ -592,8 +609,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
     parser.add_argument("--mem-gb", type=float, default=None,
-                        help="address-space limit per worker (default: RAM / workers + 3 GB); models that "
-                             "run out are re-run alone at the end with the limit of one worker")
+                        help="memory share of a worker (default: RAM / workers; never more than is free "
+                             "when it starts); models that run out are re-run alone at the end")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     parser.add_argument("--md", type=Path, default=DEFAULT_MD)
     args = parser.parse_args(argv)
@@ -618,12 +635,11 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{len(todo)} to run ({args.workers} workers x {args.threads} threads, timeout {args.timeout:.0f} s)",
           flush=True)
     start = time.perf_counter()
-    overhead = 3 << 30  # torch + timm address space before any model
     if args.mem_gb:
         mem = int(args.mem_gb * (1 << 30))
     else:
-        mem = int((memory_total() - overhead) / max(1, args.workers)) + overhead
-    alone = int(memory_total() * 0.9) + overhead
+        mem = int((meminfo() - OVERHEAD) / max(1, args.workers))
+    alone = meminfo()
     try:
         rows = run_all(todo, args.csv, args.workers, args.timeout, args.threads, mem)
         again = [r["model"] for r in rows if r.get("reason", "").startswith("out of memory")]

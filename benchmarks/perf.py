@@ -89,26 +89,38 @@ def _maxrss_mb(who=resource.RUSAGE_SELF) -> float:
 class PeakMemory:
     """Peak memory while the block runs: sampled RSS on CPU, max_memory_allocated on CUDA.
 
-    Used across several blocks (``with peak: ...`` repeatedly), it keeps the maximum.
+    Used across several blocks (``with peak: ...`` repeatedly), it keeps the maximum
+    (``peak_mb``) and the largest rise above the memory in use when a block started
+    (``growth_mb``: the transient working memory of the call).
     """
 
     def __init__(self, device: torch.device, interval: float = 0.005):
         self.device, self.interval = device, interval
         self.peak_mb: Optional[float] = None
+        self.growth_mb: Optional[float] = None
+        self._block_peak: Optional[float] = None
         self._stop = threading.Event()
 
     def _sample(self) -> None:
-        while not self._stop.is_set():
+        while True:
             rss = _rss_mb()
-            if rss is not None and (self.peak_mb is None or rss > self.peak_mb):
-                self.peak_mb = rss
-            self._stop.wait(self.interval)
+            if rss is not None and (self._block_peak is None or rss > self._block_peak):
+                self._block_peak = rss
+            if self._stop.wait(self.interval):
+                return
+
+    def _current(self) -> Optional[float]:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2 ** 20
+        return _rss_mb()
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
+        self._start = self._current()
+        self._block_peak = self._start
+        if self.device.type != "cuda":
             self._stop.clear()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -117,11 +129,18 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
-            self.peak_mb = peak if self.peak_mb is None else max(self.peak_mb, peak)
+            self._block_peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
         else:
             self._stop.set()
             self._thread.join()
+            rss = _rss_mb()
+            if rss is not None and (self._block_peak is None or rss > self._block_peak):
+                self._block_peak = rss
+        if self._block_peak is not None:
+            self.peak_mb = self._block_peak if self.peak_mb is None else max(self.peak_mb, self._block_peak)
+            if self._start is not None:
+                growth = self._block_peak - self._start
+                self.growth_mb = growth if self.growth_mb is None else max(self.growth_mb, growth)
         return False
 
 
@@ -318,6 +337,8 @@ def bench_overhead(name: str, args, runtime: Runtime, deadline: Optional[float] 
             "parts_ratio": 1 + extra_s / plain_wall,
             "peak_plain_mb": peaks["plain"].peak_mb,
             "peak_scorer_mb": peaks[label].peak_mb,
+            "growth_plain_mb": peaks["plain"].growth_mb,
+            "growth_scorer_mb": peaks[label].growth_mb,
         })
     result = {
         "model": name, "L": int(num_locations), "d": int(dim), "C": int(num_classes),
@@ -465,6 +486,7 @@ def section_b(args, runtime: Runtime, log) -> dict:
         wall = statistics.median(times[name]["wall"])
         rows.append({"path": name, "images": counts[name], "seconds": wall, "ips": counts[name] / wall,
                      "ratio": ratio, "q1": q1, "q3": q3, "peak_mb": peaks[name].peak_mb,
+                     "growth_mb": peaks[name].growth_mb,
                      "walls": times[name]["wall"]})
     result = {"rows": rows, "n_images": n_images, "plain_s": plain, "maxrss_mb": _maxrss_mb(),
               "reps": len(times["plain timm loop"]["wall"]),
@@ -527,7 +549,8 @@ def render(args, info, results, notes, started, elapsed) -> str:
                   "rule; median of at least 15 calls) / median plain time: a lower-noise cross-check.",
                   "- **result**: the ratio against the goal; \"(within noise)\" when the goal lies inside the "
                   "ratio's quartiles.",
-                  f"- **memory**: {mem_what} during the timed calls, MiB.", "",
+                  f"- **memory**: {mem_what} during the timed calls, MiB, and in brackets its largest "
+                  "rise above the memory in use when a call started (the call's working memory).", "",
                   "| model | L | d | C | GMACs/img | reps | config | plain s | scorer s | ratio [q1–q3] "
                   "| CPU ratio | min ratio | parts | floor | FLOP ratio | goal | result | memory plain / scorer |",
                   "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
@@ -544,7 +567,8 @@ def render(args, info, results, notes, started, elapsed) -> str:
                     f"| {row['config']} | {row['plain_s']:.3f} | {row['scorer_s']:.3f} "
                     f"| {row['ratio']:.3f} [{row['q1']:.3f}–{row['q3']:.3f}] | {row['cpu_ratio']:.3f} "
                     f"| {row['min_ratio']:.3f} | {row['parts_ratio']:.3f} | {r['floor']:.3f} | {r['flop_ratio']:.3f} | {goal} | {verdict} "
-                    f"| {_fmt_mb(row['peak_plain_mb'])} / {_fmt_mb(row['peak_scorer_mb'])} |")
+                    f"| {_fmt_mb(row['peak_plain_mb'])} (+{_fmt_mb(row['growth_plain_mb'])}) / "
+                    f"{_fmt_mb(row['peak_scorer_mb'])} (+{_fmt_mb(row['growth_scorer_mb'])}) |")
         lines += ["", "Goals are on the heads=1 logit row (the default rule); heads=8 prob is shown for scale.", "",
                   "Hot path checks: Python function calls made by one scorer forward "
                   "(sys.setprofile) at two batch sizes; equal counts mean no per-image Python loop.", "",
@@ -571,7 +595,7 @@ def render(args, info, results, notes, started, elapsed) -> str:
                      "(no table, no file)."] if len(b["rows"]) > 2 else []),
                   "- **vs plain**: median over repetitions of plain time / path time (images/s ratio).", "",
                   f"| path | images | median s | images/s | vs plain [q1–q3] | goal | result | "
-                  f"{'peak CUDA MiB' if device.type == 'cuda' else 'peak RSS MiB (main process)'} |",
+                  f"{'peak CUDA MiB (+ rise)' if device.type == 'cuda' else 'peak RSS MiB, main process (+ rise)'} |",
                   "|---|---:|---:|---:|---:|---:|---|---:|"]
         for row in b["rows"]:
             main = row["path"] == "score_folder"
@@ -579,7 +603,7 @@ def render(args, info, results, notes, started, elapsed) -> str:
             verdict = f"**{_verdict(row['ratio'], END_TO_END_GOAL, row['q1'], row['q3'], 'min')}**" if main else ""
             lines.append(f"| {row['path']} | {row['images']} | {row['seconds']:.2f} | {row['ips']:.1f} "
                          f"| {row['ratio']:.3f} [{row['q1']:.3f}–{row['q3']:.3f}] | {goal} | {verdict} "
-                         f"| {_fmt_mb(row['peak_mb'])} |")
+                         f"| {_fmt_mb(row['peak_mb'])} (+{_fmt_mb(row['growth_mb'])}) |")
         lines += ["", "Wall times per repetition (s): " + "; ".join(
             f"{row['path']}: " + ", ".join(f"{t:.2f}" for t in row["walls"]) for row in b["rows"]),
             "", f"Peak RSS of the DataLoader worker processes (ru_maxrss of children): "

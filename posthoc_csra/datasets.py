@@ -34,7 +34,20 @@ def _sha256_json(obj) -> "hashlib._Hash":
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=True).encode())
 
 
-class LabeledImages(torch.utils.data.Dataset):
+class _LabelArrays(torch.utils.data.Dataset):
+    """Targets (N, C) uint8 and ignore mask (N, C) bool held as arrays, readable without decoding."""
+
+    _targets: np.ndarray
+    _ignore: np.ndarray
+
+    def targets(self) -> np.ndarray:
+        return self._targets.copy()
+
+    def ignore_mask(self) -> np.ndarray:
+        return self._ignore.copy()
+
+
+class LabeledImages(_LabelArrays):
     """Image files with a fixed multi-hot label matrix (and an optional ignore mask)."""
 
     def __init__(self, name: str, key: str, label_space: str, classes: Sequence[str],
@@ -58,12 +71,6 @@ class LabeledImages(torch.utils.data.Dataset):
 
     def image_id(self, i: int) -> str:
         return self._ids[i]
-
-    def targets(self) -> np.ndarray:
-        return self._targets.copy()
-
-    def ignore_mask(self) -> np.ndarray:
-        return self._ignore.copy()
 
     def fingerprint(self) -> str:
         """sha256 of spec, classes, per-image id/size/mtime_ns and labels (cached)."""
@@ -283,7 +290,7 @@ def _csv(spec: str, arg: str, classes_file=None) -> LabeledImages:
 
 
 # ---------------------------------------------------------------- mosaics
-class Mosaic(torch.utils.data.Dataset):
+class Mosaic(_LabelArrays):
     """k x k mosaics of distinct inner images; mosaic i depends only on (seed, i)."""
 
     def __init__(self, name: str, inner, k: int, size: int, seed: int = 0,
@@ -357,12 +364,6 @@ class Mosaic(torch.utils.data.Dataset):
 
     def image_id(self, i: int) -> str:
         return f"mosaic{self.k}/seed{self.seed}/{i:06d}"
-
-    def targets(self) -> np.ndarray:
-        return self._targets.copy()
-
-    def ignore_mask(self) -> np.ndarray:
-        return self._ignore.copy()
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

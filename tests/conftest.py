@@ -27,3 +27,18 @@ def photos(shared) -> Path:
 @pytest.fixture(scope="session")
 def lite0_weights(shared) -> Path:
     return shared / "weights" / "tf_efficientnet_lite0.safetensors"
+
+
+@pytest.fixture
+def small_csv_dataset(tmp_path):
+    """make(n, n_classes) → a ``labels.csv`` of n solid-colour 8×8 PNGs with labels c0..c{n_classes-1}."""
+    from PIL import Image
+
+    def make(n: int, n_classes: int) -> Path:
+        rows = ["image,labels"]
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 255 // max(1, n - 1), 0, 0)).save(tmp_path / f"{i}.png")
+            rows.append(f"{i}.png,c{i % n_classes}")
+        (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+        return tmp_path / "labels.csv"
+    return make

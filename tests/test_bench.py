@@ -263,15 +263,9 @@ def test_cli_bench_every_row_failing_exits_nonzero(tmp_path):
     assert bench.COLUMNS[0] == "model"
 
 
-def test_mosaic_count_only_applies_to_mosaic_specs(tmp_path):
-    from PIL import Image
-
+def test_mosaic_count_only_applies_to_mosaic_specs(small_csv_dataset):
     from posthoc_csra.bench import _dataset
-    rows = ["image,labels"]
-    for i in range(8):
-        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,c{i % 2}")
-    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    labels = small_csv_dataset(8, 2)
     cache = {}
-    assert len(_dataset(f"csv:{tmp_path / 'l.csv'}", 16, cache, 0, 3)) == 8
-    assert len(_dataset(f"mosaic:csv:{tmp_path / 'l.csv'}", 16, cache, 0, 3)) == 3
+    assert len(_dataset(f"csv:{labels}", 16, cache, 0, 3)) == 8
+    assert len(_dataset(f"mosaic:csv:{labels}", 16, cache, 0, 3)) == 3

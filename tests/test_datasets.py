@@ -324,16 +324,9 @@ def test_shared_imagenet_real(shared):
     assert len(m) == 509 // 4 and m[0][0].size == (224, 224)
 
 
-def test_mosaic_val_and_test_share_no_tile(tmp_path):
-    from PIL import Image
-
+def test_mosaic_val_and_test_share_no_tile(small_csv_dataset):
     from posthoc_csra.datasets import dataset_split
-    rows = ["image,labels"]
-    for i in range(20):
-        Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,c{i % 3}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    mosaic = parse_dataset(f"mosaic:csv:{tmp_path / 'labels.csv'}", size=16, count=10)
+    mosaic = parse_dataset(f"mosaic:csv:{small_csv_dataset(20, 3)}", size=16, count=10)
     val, test = dataset_split(mosaic, 0.5, 0)
     assert len(val) == len(test) == 5
     val_tiles = {j for i in val for j in mosaic.tiles(i)}
