@@ -1,6 +1,8 @@
 """Which timm architectures ``CSRAScorer`` supports: every architecture with pretrained weights, random init.
 
-Run: ``python benchmarks/compat.py --resume`` (about 1 h on 2 CPU cores; resumable).
+Run: ``python benchmarks/compat.py --resume`` (1-2 h on 2 CPU cores; resumable), then
+``python benchmarks/compat.py --resume --retry-failed --workers 1`` for models that ran out of
+memory or time next to another worker.
 
 For each architecture behind ``timm.list_models(pretrained=True)`` (tags dropped, so one row per
 architecture) a worker process creates the model with random weights (``pretrained=False``, never a
@@ -8,27 +10,34 @@ download) at a small input, builds ``CSRAScorer`` on it and checks, on a random 
 
 - ``CSRAScorer(model, lam=0)(x)`` equals ``model(x)`` (≤ 1e-4),
 - ``forward_head(forward_features(x))`` — the base the scorer uses for ``lam > 0`` — equals ``model(x)``,
-- per-location logits are (B, C, L) with the L of the probe and a grid with H * W = L,
+- per-location logits are (B, C, L) with the L of the probe, on a grid of H * W = L cells that, for
+  token models, is the grid the model itself states (patch embedding / last feature reduction),
 - ``lam=0.3`` gives finite (B, C) scores.
 
 Any failure makes the row unsupported, with the reason. ``exact`` is the scorer's own probe result.
 
 Input size: the smallest of 64, 96, 128, ... px that the model runs at with at least
 ``MIN_LOCATIONS`` locations (fewer would make ``exact`` trivially true). Models whose constructor
-takes ``img_size`` (tokens / windowed models) are created for that size; other models are created
-once and probed at growing sizes. If nothing small works, or the scorer rejects the model at the
-small size, the model is created as-is and probed at its default ``pretrained_cfg`` input size;
-``input_size`` in the CSV is the size the row's result comes from.
+takes ``img_size`` (tokens / windowed models) are created for that size (64, 96, 128); other models
+are created once and probed at growing sizes. If nothing small works, or the scorer rejects the
+model at the small size, the model is created as registered and probed at its default
+``pretrained_cfg`` input size; ``input_size`` in the CSV is the size the row's result comes from.
 
-Classifier layers that timm initialises to zero (MLP-Mixer, ...) are re-drawn at random: with a zero
-classifier every location has the same logits and ``exact`` would be trivially true.
+Weights: drawing random numbers is most of the time to create a big model on CPU, so while a model
+is created its init's random fills copy from a pre-drawn pool (``FastInit``: same mean / std /
+bounds per fill, numbers reused at random offsets). The architecture and forward are timm's own.
+Classifier layers that timm initialises to zero (MLP-Mixer, ...) are re-drawn: with a zero
+classifier every location has the same logits and ``exact`` would be trivially true. Feature
+extractors registered with ``num_classes=0`` get timm's own 1000-class head (``num_classes=1000``),
+as when such a backbone is fine-tuned as a classifier.
 
 Each model runs in its own forked process (``--workers`` at a time, one torch thread each) with a
-wall-clock ``--timeout``; a model that hangs becomes a ``timeout`` row and one whose process dies
-(OOM kill, segfault) a ``crashed`` row. Both count as unsupported in the summary (the scorer was not
-shown to work on them); the summary also gives the rate among models that finished.
-Rows are appended to the CSV as they finish; ``--resume`` skips models already there,
-``--retry-failed`` re-runs timeout / crashed rows.
+wall-clock ``--timeout`` and a memory limit (its share of RAM, never more than is free when it
+starts). Rows whose worker ran out of time (``timeout``), memory (``out of memory``) or died
+(``crashed``) say nothing about the scorer; they count as unsupported in the summary, which also
+gives the rate among models that finished. Models that run out of memory are re-run alone at the
+end of a run. Rows are appended to the CSV as they finish; ``--resume`` skips models already
+there, ``--retry-failed`` re-runs timeout / out-of-memory / crashed rows.
 """
 from __future__ import annotations
 
@@ -349,6 +358,11 @@ def probe_arch(arch: str) -> Dict:
 def _worker(arch: str, conn, threads: int, mem_bytes: Optional[int]) -> None:
     if mem_bytes:  # a model too big for its share fails fast with an allocation error, no swapping
         resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
+    try:  # if the machine runs out of memory anyway, the kernel kills this worker first
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
     # Quiet: the model's prints and warnings would break the progress bar.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -533,7 +547,7 @@ def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
 
     lines = [
         f"architectures: {n}",
-        f"supported: {len(ok)} ({pct(len(ok), n)}); timeouts/crashes ({len(failed)}) count as unsupported; "
+        f"supported: {len(ok)} ({pct(len(ok), n)}); timeouts / out of memory / crashes ({len(failed)}) count as unsupported; "
         f"among the {finished} that finished: {pct(len(ok), finished)}",
         f"exact (mean of per-location logits = model logits): {exact} of {len(ok)} supported ({pct(exact, len(ok))})",
         f"worker time: {seconds / 3600:.2f} h in all (sum over models)",
@@ -549,13 +563,13 @@ def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
         "row's input size, `lam=0` reproduces `model(x)` (≤ 1e-4), `forward_head(forward_features(x))` "
         f"equals `model(x)`, per-location logits are (B, C, L) with a grid of L cells, and `lam={LAM}` "
         "gives finite (B, C) scores. *exact*: the mean of the per-location logits equals the model's "
-        "logits (pool → linear heads). Timeouts and crashed workers count as unsupported.",
+        "logits (pool → linear heads). Timeouts, out-of-memory and crashed workers count as unsupported.",
         "",
         "| | count | share |",
         "|---|---:|---:|",
         f"| architectures | {n} | |",
         f"| supported | {len(ok)} | {pct(len(ok), n)} |",
-        f"| supported among finished (excl. {len(failed)} timeouts/crashes) | {len(ok)} of {finished} | "
+        f"| supported among finished (excl. {len(failed)} timeouts / out of memory / crashes) | {len(ok)} of {finished} | "
         f"{pct(len(ok), finished)} |",
         f"| exact (of supported) | {exact} | {pct(exact, len(ok))} |",
         f"| worker time, sum over models | {seconds / 3600:.2f} h | |",
@@ -602,7 +616,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resume", action="store_true", help="skip models already in the CSV")
     parser.add_argument("--retry-failed", action="store_true",
-                        help="with --resume: re-run models whose row is a timeout or crash")
+                        help="with --resume: re-run models whose row is a timeout, out of memory or crash")
     parser.add_argument("--limit", type=int, default=None, help="only the first N architectures (after --models)")
     parser.add_argument("--models", default="*", help="fnmatch pattern(s), comma separated (default: all)")
     parser.add_argument("--workers", type=int, default=2)
@@ -642,7 +656,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     alone = meminfo()
     try:
         rows = run_all(todo, args.csv, args.workers, args.timeout, args.threads, mem)
-        again = [r["model"] for r in rows if r.get("reason", "").startswith("out of memory")]
+        again = [r["model"] for r in rows if r.get("reason", "").startswith("out of memory")
+                 or "signal 9" in r.get("reason", "")]
         if again and args.workers > 1:
             print(f"re-running {len(again)} models that ran out of memory, one at a time: {', '.join(again)}",
                   flush=True)

@@ -106,16 +106,18 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: Union[str, os.PathLike, No
         entry = weights.find_local_weights(name)
         if entry is not None:
             return _from_entry(name, entry, device, timm_kwargs)
+    fix = ("Fix: pass --checkpoint FILE (safetensors / state dict) or a weights manifest.json, set "
+           "POSTHOC_CSRA_SHARED to a folder with weights/manifest.json, or use pretrained=False "
+           "(--random-weights) for random weights.")
+    if pretrained is None and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise WeightsUnavailableError(f"no weights for {name!r}: none found locally, and HF_HUB_OFFLINE is set "
+                                      f"so the Hugging Face hub is not tried.\n{fix}")
     try:
         model = _create(name, True, **timm_kwargs)
-    except Exception as err:  # network, offline mode, no pretrained tag...
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    except Exception as err:  # network, no pretrained tag...
         raise WeightsUnavailableError(
-            f"no weights for {name!r}: none found locally and the Hugging Face hub download failed{offline}: "
-            f"{type(err).__name__}: {err}\n"
-            f"Fix: pass --checkpoint FILE (safetensors / state dict) or a weights manifest.json, set "
-            f"POSTHOC_CSRA_SHARED to a folder with weights/manifest.json, or use pretrained=False "
-            f"(--random-weights) for random weights.") from err
+            f"no weights for {name!r}: none found locally and the Hugging Face hub download failed: "
+            f"{type(err).__name__}: {err}\n{fix}") from err
     log.info("posthoc-csra: %s weights from the Hugging Face hub", name)
     return _finish(model, device)
 

@@ -63,7 +63,8 @@ CASES = [
     Case("vit-avg-no-prefix", "test_vit", (64, 64), "NLC+0", True, (4, 4), "VisionTransformer.forward_head",
          dict(class_token=False, global_pool="avg", fc_norm=False)),
     # NLC+0 without a class token in a relative-position ViT (avg pool → fc_norm → linear): not exact
-    Case("vit-relpos-avg", "test_vit_relpos", (64, 64), "NLC+0", False, (4, 4), "VisionTransformerRelPos"),
+    Case("vit-relpos-avg", "test_vit_relpos", (64, 64), "NLC+0", False, (4, 4), "VisionTransformerRelPos",
+         img_size=64),
     # NLC+1 where the one prefix token is a register token (no class token), avg pool
     Case("vit-register-avg", "test_vit2", (64, 64), "NLC+1", False, (4, 4), "VisionTransformer.forward_head"),
     # NLC+5: class token + 4 register tokens
@@ -129,7 +130,7 @@ def _vit_location_logits(model, features: torch.Tensor, prefix: int) -> torch.Te
     return model.head(model.fc_norm(features[:, prefix:])).transpose(1, 2)
 
 
-@pytest.mark.parametrize("kwargs,prefix", [({}, 1), ({"reg_tokens": 4}, 5), ({"class_token": False}, 0)],
+@pytest.mark.parametrize("kwargs,prefix", [({}, 1), ({"reg_tokens": 4}, 5), ({"class_token": False, "global_pool": "avg"}, 0)],
                          ids=["cls", "cls+4reg", "no-prefix"])
 def test_token_locations_are_the_patch_tokens_in_order(kwargs, prefix):
     """Location k is patch token k (prefix tokens dropped), row-major on the (H/16, W/16) grid."""
