@@ -282,6 +282,17 @@ class FastInit:
 FAST_INIT = True
 
 
+def _patch_size(model) -> Optional[int]:
+    """The patch size of the model's first module with a ``patch_size`` (its patch embedding)."""
+    for module in model.modules():
+        size = getattr(module, "patch_size", None)
+        if isinstance(size, (tuple, list)) and size and all(isinstance(v, int) for v in size):
+            size = max(size)
+        if isinstance(size, int) and size > 1:
+            return size
+    return None
+
+
 def _create(arch: str, size: Optional[int], extra: Dict):
     """(model, took_img_size). ``size=None``: the model as registered (its default size)."""
     import contextlib
@@ -319,7 +330,9 @@ def probe_arch(arch: str) -> Dict:
     extra = {} if getattr(cfg, "num_classes", 1000) else {"num_classes": 1000}
     row: Optional[Dict] = None
     model, sized, params = None, True, None
-    for size in [s for s in SMALL_SIZES if s < min(default_hw)]:
+    sizes = [s for s in SMALL_SIZES if s < min(default_hw)]
+    while sizes:
+        size = sizes.pop(0)
         if sized and size > MAX_IMG_SIZE:
             break  # each img_size is a new model; past this the default size is as cheap
         if model is None or sized:  # models that take img_size are created for each size
@@ -335,6 +348,11 @@ def probe_arch(arch: str) -> Dict:
             break
         except _SizeError:
             row = None
+            patch = _patch_size(model)
+            if patch and size % patch:  # e.g. patch 14 models that want a multiple of it: 70 px
+                fit = -(-size // patch) * patch
+                if fit < min(default_hw) and fit not in sizes:
+                    sizes.insert(0, fit)
     if row is not None and row.get("supported"):
         row["params_m"] = round(params / 1e6, 2)
         return row
