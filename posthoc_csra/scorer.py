@@ -122,9 +122,7 @@ class CSRAScorer(nn.Module):
         """(B, 3, H, W) → (B, C) CSRA scores in ``self.space``."""
         if self.lam == 0:
             return rule.base_scores(self.model(x).float(), self.space)
-        out = self.forward_locations(x)
-        base = rule.base_scores(out.logits.float(), self.space)
-        return rule.csra(base, self.location_scores(out.location_logits), self.lam, self.temperatures)
+        return self.score_output(self.forward_locations(x))
 
     def score_output(self, out: LocationOutput, lam: Optional[float] = None,
                      space: Optional[str] = None) -> torch.Tensor:
