@@ -98,27 +98,33 @@ class Tokens(FeatureLayout):
 
     def grid(self, features, model, input_hw):
         num_locations = features.shape[1] - self.num_prefix_tokens
-        patch_embed = getattr(model, "patch_embed", None)
-        candidates = []
-        if hasattr(patch_embed, "dynamic_feat_size"):
-            try:
-                candidates.append(tuple(patch_embed.dynamic_feat_size(tuple(input_hw))))
-            except Exception:  # noqa: BLE001 - only a hint; the factorisation below decides
-                pass
-        if getattr(patch_embed, "grid_size", None) is not None:
-            candidates.append(tuple(patch_embed.grid_size))
-        feature_info = getattr(model, "feature_info", None)
-        if feature_info:
-            reduction = feature_info[-1].get("reduction") if isinstance(feature_info, list) else None
-            if reduction:
-                candidates.append(tuple(math.ceil(s / reduction) for s in input_hw))
-        for h, w in candidates:
+        for h, w in _token_grid_candidates(model, input_hw):
             if h * w == num_locations:
                 return int(h), int(w)
         return _factor_like(num_locations, input_hw)
 
     def describe(self):
         return f"NLC+{self.num_prefix_tokens}"
+
+
+def _token_grid_candidates(model: nn.Module, input_hw: Tuple[int, int]) -> list:
+    """(H, W) token grids the model itself suggests: its patch embedding, else its feature reduction."""
+    patch_embed = getattr(model, "patch_embed", None)
+    candidates = []
+    if hasattr(patch_embed, "dynamic_feat_size"):
+        try:
+            candidates.append(tuple(patch_embed.dynamic_feat_size(tuple(input_hw))))
+        except Exception:  # noqa: BLE001 - only a hint; the caller factorises L otherwise
+            pass
+    if getattr(patch_embed, "grid_size", None) is not None:
+        candidates.append(tuple(patch_embed.grid_size))
+    feature_info = getattr(model, "feature_info", None)
+    if isinstance(feature_info, list) and feature_info and feature_info[-1].get("reduction"):
+        candidates.append(tuple(math.ceil(s / feature_info[-1]["reduction"]) for s in input_hw))
+    return candidates
+
+
+MAX_PREFIX_TOKENS = 16
 
 
 def _factor_like(n: int, input_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -128,8 +134,8 @@ def _factor_like(n: int, input_hw: Tuple[int, int]) -> Tuple[int, int]:
     return best, n // best
 
 
-def detect_layout(model: nn.Module, features) -> FeatureLayout:
-    """Choose the layout from the features ``forward_features`` returned."""
+def detect_layout(model: nn.Module, features, input_hw: Optional[Tuple[int, int]] = None) -> FeatureLayout:
+    """Choose the layout from the features ``forward_features`` returned for an ``input_hw`` input."""
     if not isinstance(features, torch.Tensor):
         raise UnsupportedModelError(
             f"forward_features returns {type(features).__name__}, not one tensor "
@@ -147,6 +153,11 @@ def detect_layout(model: nn.Module, features) -> FeatureLayout:
             # A token parameter of shape (1, n, D) holds n prefix tokens (PiT-distilled: class + distillation).
             prefix = sum((token.shape[-2] if token.ndim == 3 else 1) for token in
                          (getattr(model, name, None) for name in ("cls_token", "dist_token")) if token is not None)
+            if input_hw is not None:  # no declared count: the tokens beyond the model's own grid are prefix
+                fits = [features.shape[1] - h * w for h, w in _token_grid_candidates(model, input_hw)]
+                fits = [p for p in fits if 0 <= p <= MAX_PREFIX_TOKENS]
+                if fits and prefix not in fits:
+                    prefix = fits[0]
         if features.shape[1] <= prefix:
             raise UnsupportedModelError(f"forward_features returns {features.shape[1]} tokens, "
                                         f"no patch tokens after {prefix} prefix tokens")

@@ -70,7 +70,7 @@ class CSRAScorer(nn.Module):
             features = self.model.forward_features(x)
         except Exception as err:
             raise UnsupportedModelError(f"forward_features failed on a {tuple(x.shape)} probe: {err}") from err
-        self.layout = _heads.detect_layout(self.model, features)
+        self.layout = _heads.detect_layout(self.model, features, tuple(input_size[-2:]))
         try:
             logits = self.model.forward_head(features)
             location_logits = _heads.per_location_logits(self.model, self.layout, features)

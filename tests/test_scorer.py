@@ -125,3 +125,13 @@ def test_bad_options():
         CSRAScorer(model, space="sigmoid")
     with pytest.raises(ValueError, match="head set"):
         CSRAScorer(model, heads=5)
+
+
+def test_prefix_tokens_without_a_declared_count_come_from_the_models_grid():
+    model = _create("coat_lite_tiny")  # a class token, but no num_prefix_tokens attribute
+    scorer = CSRAScorer(model, lam=0)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        out = scorer.forward_locations(x)
+        assert scorer.feature_format == "NLC+1" and out.grid == (7, 7)
+        assert (scorer(x) - model(x)).abs().max() <= 1e-4
