@@ -10,9 +10,8 @@ import sys
 
 import click
 
-from .spec import AMP_CHOICES, HEAD_SETS, SPACES, parse_temperature
+from .spec import AMP_CHOICES, DEFAULT_MODEL, HEAD_SETS, SPACES, parse_temperature
 
-DEFAULT_MODEL = "tf_efficientnet_lite0"  # same as models.DEFAULT_MODEL, without importing torch
 
 
 def _stack(*decorators):

@@ -15,6 +15,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .spec import DEFAULT_MODEL
+
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT, what timm uses when crop_pct is None
 Box = Tuple[float, float, float, float]
@@ -139,7 +141,7 @@ def check_figure_path(output: Union[str, Path]) -> Path:
     return path
 
 
-def explain_image(path, model: str = "tf_efficientnet_lite0", checkpoint=None, pretrained: Optional[bool] = None,
+def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained: Optional[bool] = None,
                   classes: Optional[Sequence[str]] = None, topk: int = 3, lam: float = 0.1, heads=1,
                   space: str = "logit", img_size: Optional[int] = None, device: str = "cpu",
                   output: Union[str, Path, None] = None, amp: str = "none",

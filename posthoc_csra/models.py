@@ -13,7 +13,7 @@ from torch import nn
 
 log = logging.getLogger("posthoc_csra")
 
-DEFAULT_MODEL = "tf_efficientnet_lite0"
+from .spec import DEFAULT_MODEL
 
 
 class WeightsUnavailableError(RuntimeError):

