@@ -1,6 +1,6 @@
 """Performance benchmark of post-hoc CSRA, in one process, on the same batches.
 
-Run: ``python benchmarks/perf.py`` (CPU, about 10 minutes on 2 cores), or e.g.
+Run: ``python benchmarks/perf.py`` (CPU; sized for about 10 minutes on 2 idle cores), or e.g.
 ``python benchmarks/perf.py --device cuda --amp bf16 --channels-last [--compile]``.
 
 Sections (``--sections a,b,c``):
@@ -404,7 +404,7 @@ def plain_loop(image_dir: Path, args, runtime: Runtime) -> int:
     from posthoc_csra.scoring import data_transform
 
     paths = find_images(image_dir)
-    net = load_model(PIPELINE_MODEL)
+    net = load_model(PIPELINE_MODEL, **({"img_size": args.img_size} if args.img_size else {}))  # as score_folder
     transform, _ = data_transform(net, args.img_size)
     net = runtime.prepare(net)
     runtime.compile_model(net)
@@ -428,7 +428,7 @@ def scorer_loop(image_dir: Path, args, runtime: Runtime) -> int:
     from posthoc_csra.scoring import data_transform
 
     paths = find_images(image_dir)
-    net = load_model(PIPELINE_MODEL)
+    net = load_model(PIPELINE_MODEL, **({"img_size": args.img_size} if args.img_size else {}))  # as score_folder
     transform, config = data_transform(net, args.img_size)
     scorer = runtime.prepare(CSRAScorer(net, lam=LAM, heads=1, space="logit", input_size=config["input_size"]))
     runtime.compile_model(net)
@@ -705,7 +705,10 @@ def parse_args(argv=None):
     p.add_argument("--c-classes", type=int, default=1000)
     p.add_argument("--c-lams", type=int, default=101)
     p.add_argument("--c-sklearn-lams", type=int, default=3, help="λ values scikit-learn is timed on")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", default="auto",
+                   help="torch threads: a number, or auto = torch's default, but 1 when the 1-minute load "
+                        "average is at least the core count (on a busy machine every multi-threaded OpenMP "
+                        "region waits for descheduled threads, which swamps the timings)")
     p.add_argument("--output", default=None,
                    help="Markdown report (default benchmarks/results/perf.md; perf_gpu.md for cuda)")
     args = p.parse_args(argv)
@@ -725,10 +728,26 @@ def parse_args(argv=None):
     return args
 
 
+def _set_threads(setting: str) -> Optional[str]:
+    """Apply ``--threads``; returns a note for the report when auto chose fewer threads."""
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+        return None
+    load, cores = _load(), os.cpu_count() or 1
+    if load is not None and load >= cores and torch.get_num_threads() > 1:
+        default = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return (f"`--threads auto` chose 1 torch thread (torch's default is {default}): the 1-minute load "
+                f"average was {load:.1f} on {cores} cores at the start. On a busy machine each multi-threaded "
+                f"OpenMP region waits for descheduled threads, which measures the scheduler rather than "
+                f"the work. Both sides of every "
+                f"ratio use the same setting; pass `--threads N` to force N.")
+    return None
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads_note = _set_threads(args.threads)
     runtime = Runtime(device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     device = runtime.torch_device
     started = datetime.datetime.now().astimezone()
@@ -752,7 +771,7 @@ def main(argv=None) -> dict:
         loads.append(_load())
     elapsed = time.perf_counter() - t0
 
-    notes = []
+    notes = [threads_note] if threads_note else []
     cores = os.cpu_count() or 1
     known = [v for v in loads if v is not None]
     if known:
