@@ -44,6 +44,10 @@ CASES = [
     Case("byobnet-ClassifierHead", "test_byobnet", (64, 64), "NCHW", True, (2, 2), "ClassifierHead/Linear"),
     # NCHW, non-square input: the grid follows the input's aspect
     Case("resnet-non-square", "resnet10t", (64, 128), "NCHW", True, (2, 4), "ResNet.forward_head/Linear"),
+    # NCHW, a 1x1 Conv2d classifier after the pool (DLA): exact
+    Case("dla-conv-classifier", "dla46_c", (64, 64), "NCHW", True, (2, 2), "DLA.forward_head/Conv2d"),
+    # NCHW, MetaFormer MlpHead (pool → fc → act → norm → fc): not exact
+    Case("metaformer-MlpHead", "convformer_s18", (64, 64), "NCHW", False, (2, 2), "MlpHead/Linear"),
     # NCHW, NormMlpClassifierHead (pool → LayerNorm → linear): not exact
     Case("convnext-NormMlpClassifierHead", "test_convnext", (64, 64), "NCHW", False, (2, 2),
          "NormMlpClassifierHead/Linear"),
@@ -73,6 +77,10 @@ CASES = [
     # NLC+1, attention-pool ('map') head over register + patch tokens
     Case("vit-map-attention-pool", "test_vit3", (64, 64), "NLC+1", False, (4, 4), "VisionTransformer.forward_head",
          img_size=64),
+    # NLC+0, a distilled pair of BatchNorm → linear heads (LeViT NormLinear), averaged: exact;
+    # 128 px → 8x8 tokens, subsampled twice → 2x2
+    Case("levit-distilled-NormLinear", "levit_128s", (128, 128), "NLC+0", True, (2, 2), "NormLinear/Linear",
+         img_size=128),
     # NLC+2: class + distillation tokens, two classifiers averaged in eval
     Case("deit-distilled", "deit_tiny_distilled_patch16_224", (64, 64), "NLC+2", False, (4, 4),
          "VisionTransformerDistilled.forward_head", DEIT_TINY, img_size=64),
