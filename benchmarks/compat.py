@@ -67,6 +67,9 @@ DEFAULT_MD = RESULTS / "compat.md"
 COLUMNS = ["model", "head_kind", "feature_format", "num_locations", "exact", "supported", "reason",
            "seconds", "input_size", "grid", "num_classes", "params_m"]
 SMALL_SIZES = (64, 96, 128, 160, 192, 224)
+# Unsupported at the small size for a reason no input size changes: no retry at the default size.
+STRUCTURAL = ("model(x) returns", "forward_features returns list", "forward_features returns tuple",
+              "forward_features returns dict")
 MAX_IMG_SIZE = 128  # largest small size tried on models created for an img_size
 MIN_LOCATIONS = 4
 TOLERANCE = 1e-4
@@ -163,10 +166,11 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
         if h * w != scorer.probe_locations:
             return unsupported(f"grid {h}x{w} does not hold {scorer.probe_locations} locations")
         expected = _expected_grids(model, hw) if scorer.feature_format.startswith("NLC") else []
-        if expected and (h, w) not in expected:
+        # the model's grid, or that grid merged k x k (patch mergers, pooling stages)
+        if expected and not any(eh % h == 0 and ew % w == 0 and eh // h == ew // w for eh, ew in expected):
             shown = " or ".join(f"{a}x{b}" for a, b in expected)
             return unsupported(f"{scorer.probe_locations} locations ({scorer.feature_format}) do not fit the "
-                               f"model's own {shown} grid: prefix tokens miscounted")
+                               f"model's own {shown} grid (nor a k x k merge of it): prefix tokens miscounted")
         scorer.lam = LAM
         try:
             scores = scorer(x)
@@ -353,7 +357,7 @@ def probe_arch(arch: str) -> Dict:
                 fit = -(-size // patch) * patch
                 if fit < min(default_hw) and fit not in sizes:
                     sizes.insert(0, fit)
-    if row is not None and row.get("supported"):
+    if row is not None and (row.get("supported") or row["reason"].startswith(STRUCTURAL)):
         row["params_m"] = round(params / 1e6, 2)
         return row
     small_row = row
@@ -573,7 +577,10 @@ def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
     md = [
         "# CSRAScorer compatibility with timm architectures",
         "",
-        f"Produced by `{command}` with timm {_timm_version()} and torch {_torch_version()}, "
+        "Rows from `python benchmarks/compat.py --resume` (resumable, 2 workers); rows that ran out of time "
+        "or memory next to another worker re-run alone with `--retry-failed --workers 1`, rows of models "
+        "whose handling changed re-run with `--redo PATTERN` (each replaces its old row); "
+        f"this summary from `{command}`. timm {_timm_version()}, torch {_torch_version()}, "
         "random weights (`pretrained=False`), CPU. One row per architecture behind "
         "`timm.list_models(pretrained=True)` in `compat.csv`.",
         "",
@@ -635,6 +642,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--resume", action="store_true", help="skip models already in the CSV")
     parser.add_argument("--retry-failed", action="store_true",
                         help="with --resume: re-run models whose row is a timeout, out of memory or crash")
+    parser.add_argument("--redo", default="",
+                        help="fnmatch pattern(s), comma separated: re-run these models even if in the CSV")
     parser.add_argument("--limit", type=int, default=None, help="only the first N architectures (after --models)")
     parser.add_argument("--models", default="*", help="fnmatch pattern(s), comma separated (default: all)")
     parser.add_argument("--workers", type=int, default=2)
@@ -662,7 +671,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     done = {}
     for row in read_rows(args.csv):
         done[row["model"]] = row
-    todo = [a for a in archs if a not in done or (args.retry_failed and is_failure(done[a]))]
+    redo = [p.strip() for p in args.redo.split(",") if p.strip()]
+    todo = [a for a in archs if a not in done or (args.retry_failed and is_failure(done[a]))
+            or any(fnmatch.fnmatch(a, p) for p in redo)]
     print(f"{len(archs)} architectures selected, {len(archs) - len(todo)} already in {args.csv}, "
           f"{len(todo)} to run ({args.workers} workers x {args.threads} threads, timeout {args.timeout:.0f} s)",
           flush=True)

@@ -99,8 +99,10 @@ class Tokens(FeatureLayout):
     def grid(self, features, model, input_hw):
         num_locations = features.shape[1] - self.num_prefix_tokens
         for h, w in _token_grid_candidates(model, input_hw):
-            if h * w == num_locations:
-                return int(h), int(w)
+            # the model's grid, or that grid merged k x k (patch mergers such as Qwen's 2x2)
+            for k in range(1, min(h, w) + 1):
+                if h % k == 0 and w % k == 0 and (h // k) * (w // k) == num_locations:
+                    return int(h // k), int(w // k)
         return _factor_like(num_locations, input_hw)
 
     def describe(self):

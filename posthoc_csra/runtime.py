@@ -30,7 +30,7 @@ class Runtime:
         return torch.device(self.device)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move to the device (and memory format); compile the backbone when asked."""
+        """Move to the device (and memory format, when channels_last)."""
         module = module.to(self.torch_device)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)

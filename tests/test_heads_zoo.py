@@ -46,8 +46,6 @@ CASES = [
     Case("resnet-non-square", "resnet10t", (64, 128), "NCHW", True, (2, 4), "ResNet.forward_head/Linear"),
     # NCHW, a 1x1 Conv2d classifier after the pool (DLA): exact
     Case("dla-conv-classifier", "dla46_c", (64, 64), "NCHW", True, (2, 2), "DLA.forward_head/Conv2d"),
-    # NCHW, MetaFormer MlpHead (pool → fc → act → norm → fc): not exact
-    Case("metaformer-MlpHead", "convformer_s18", (64, 64), "NCHW", False, (2, 2), "MlpHead/Linear"),
     # NCHW, NormMlpClassifierHead (pool → LayerNorm → linear): not exact
     Case("convnext-NormMlpClassifierHead", "test_convnext", (64, 64), "NCHW", False, (2, 2),
          "NormMlpClassifierHead/Linear"),
@@ -59,6 +57,8 @@ CASES = [
          SWIN_TINY, img_size=64),
     # NHWC with a LayerNorm head: not exact
     Case("mambaout-NHWC-ClNormMlp", "test_mambaout", (64, 64), "NHWC", False, (2, 2), "ClNormMlpClassifierHead"),
+    # NHWC, MetaFormer-style MlpHead (pool → fc → act → norm → fc): not exact
+    Case("mambaout-NHWC-MlpHead", "mambaout_femto", (64, 64), "NHWC", False, (2, 2), "MlpHead/Linear"),
     # NLC+1: class token → linear: not exact; 64 px / patch 16 → 4x4
     Case("vit-cls", "test_vit", (64, 64), "NLC+1", False, (4, 4), "VisionTransformer.forward_head/Linear"),
     # NLC+1 on a non-square input (dynamic_img_size): 64x96 → 4x6
@@ -93,6 +93,15 @@ def _create(case: Case) -> torch.nn.Module:
     if case.img_size:
         kwargs["img_size"] = case.img_size
     return timm.create_model(case.arch, pretrained=False, **kwargs).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine spinning threads make them 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +218,16 @@ def test_not_a_timm_classifier():
     with pytest.raises(UnsupportedModelError, match="forward_features"):
         CSRAScorer(torch.nn.Linear(3, 2), lam=0.3)
 
+
+
+def test_token_grid_follows_a_patch_merger():
+    """Tokens merged k x k after the patch embedding (Qwen-style mergers) sit on the model's own grid / k,
+    even where that grid's aspect is not the input's (here 16x32 patches), so L alone would mislead."""
+    from types import SimpleNamespace
+
+    from posthoc_csra.heads import Tokens
+
+    model = torch.nn.Module()
+    model.patch_embed = SimpleNamespace(grid_size=(8, 6))  # 128x192 input, 16x32 patches
+    assert Tokens(0).grid(torch.zeros(1, 12, 4), model, (128, 192)) == (4, 3)  # merged 2x2
+    assert Tokens(1).grid(torch.zeros(1, 49, 4), model, (128, 192)) == (8, 6)  # unmerged, one prefix token
