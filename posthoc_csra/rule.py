@@ -47,6 +47,22 @@ def location_scores(location_logits: torch.Tensor, space: str,
     return s
 
 
+def location_attention_terms(location_logits: torch.Tensor, space: str, temperatures: Sequence[float],
+                             bias: Optional[torch.Tensor] = None,
+                             inv_weight_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, C, L) per-location logits → (B, H, C) attention terms: ``attention_terms(location_scores(...))``.
+
+    With only T=inf in ``"logit"`` space the (B, C, L) scores are never formed: ``(z - b_c) / ||w_c||``
+    increases with z for every class, so its max over L is that map applied to ``max_L z``; rounding is
+    monotone too, so the result is the same to the bit, from (B, C) work instead of (B, C, L).
+    """
+    if space == "logit" and all(math.isinf(t) for t in temperatures):
+        top = location_logits.amax(dim=-1)
+        return location_scores(top[..., None], space, bias, inv_weight_norm)[..., 0][:, None].expand(
+            -1, len(temperatures), -1)
+    return attention_terms(location_scores(location_logits, space, bias, inv_weight_norm), temperatures)
+
+
 def attention(s: torch.Tensor, temperature: float) -> torch.Tensor:
     """(B, C, L) → (B, C): max over L for T=inf, else sum_k s_k softmax(T s)_k."""
     if math.isinf(temperature):

@@ -130,7 +130,11 @@ class CSRAScorer(nn.Module):
         space = space or self.space
         lam = self.lam if lam is None else lam
         base = rule.base_scores(out.logits.float(), space)
-        return rule.csra(base, self.location_scores(out.location_logits, space), lam, self.temperatures)
+        if lam == 0:
+            return base
+        bias, inv_norm = (self.cls_bias, self.cls_inv_norm) if self.normalized else (None, None)
+        terms = rule.location_attention_terms(out.location_logits.float(), space, self.temperatures, bias, inv_norm)
+        return rule.combine(base, terms, lam)
 
     @torch.no_grad()
     def statistics(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

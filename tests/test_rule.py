@@ -81,3 +81,17 @@ def test_prob_space_rule_is_softmax_base_plus_max_location_probability():
     logits, z = torch.randn(2, 5), torch.randn(2, 5, 4)
     out = rule.csra(rule.base_scores(logits, "prob"), rule.location_scores(z, "prob"), 0.5, (math.inf,))
     assert torch.allclose(out, logits.softmax(1) + 0.5 * z.softmax(1).amax(-1))
+
+
+@pytest.mark.parametrize("space,temps", [("logit", (math.inf,)), ("logit", rule.HEAD_SETS[4]),
+                                         ("prob", (math.inf,)), ("prob", rule.HEAD_SETS[2])])
+def test_attention_terms_from_location_logits_equal_the_two_step_rule(space, temps):
+    """The T=inf logit-space shortcut (max over L before the per-class affine map) is the same to the bit."""
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 7, 9, generator=generator) * 5
+    z[0, 0, 3] = z[0, 0, 5]  # a tie on the max
+    bias, inv = torch.randn(7, generator=generator), torch.rand(7, generator=generator) + 0.01
+    terms = rule.location_attention_terms(z, space, temps, bias, inv)
+    expected = rule.attention_terms(rule.location_scores(z, space, bias, inv), temps)
+    assert terms.shape == expected.shape == (4, len(temps), 7)
+    assert torch.equal(terms, expected)
