@@ -705,8 +705,8 @@ def parse_args(argv=None):
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated timm names for (a)")
     p.add_argument("--sections", default="a,b,c", help="any of a,b,c")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers in (b)")
-    p.add_argument("--b-reps", type=int, default=None, help="timed repetitions in (b); 7 when not given")
-    p.add_argument("--min-reps-b", type=int, default=5, help="repetitions in (b) done even past the budget")
+    p.add_argument("--b-reps", type=int, default=None, help="timed repetitions in (b); 9 when not given")
+    p.add_argument("--min-reps-b", type=int, default=9, help="repetitions in (b) done even past the budget")
     p.add_argument("--b-repeat", type=int, default=1, help="use the 530 JPEGs this many times in (b)")
     p.add_argument("--b-scorer-loop", action="store_true",
                    help="(b) also times the plain loop with CSRAScorer in place of the model")
@@ -730,8 +730,8 @@ def parse_args(argv=None):
         args.reps = 30 if cuda else 9
     if args.warmup is None:
         args.warmup = 3 if (cuda or args.compile) else 1
-    if args.b_reps is None:  # end-to-end runs on 2 cores vary by ±5 % run to run: enough pairs for a median
-        args.b_reps = 7
+    if args.b_reps is None:  # end-to-end runs here vary by up to ±10 %: 9 pairs for a stable median
+        args.b_reps = 9
     if args.output is None:
         args.output = str(HERE / "results" / ("perf_gpu.md" if cuda else "perf.md"))
     return args
