@@ -53,7 +53,7 @@ def location_attention_terms(location_logits: torch.Tensor, space: str, temperat
     """(B, C, L) per-location logits → (B, H, C) attention terms: ``attention_terms(location_scores(...))``.
 
     With only T=inf in ``"logit"`` space the (B, C, L) scores are never formed: ``(z - b_c) / ||w_c||``
-    increases with z for every class, so its max over L is that map applied to ``max_L z``; rounding is
+    (``inv_weight_norm`` > 0) increases with z for every class, so its max over L is that map applied to ``max_L z``; rounding is
     monotone too, so the result is the same to the bit, from (B, C) work instead of (B, C, L).
     """
     if space == "logit" and all(math.isinf(t) for t in temperatures):

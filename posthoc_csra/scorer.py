@@ -113,10 +113,13 @@ class CSRAScorer(nn.Module):
         """(B, 3, H, W) → (B, C, L) the classifier's logits at each of the L locations."""
         return self.forward_locations(x).location_logits
 
+    def _classifier_affine(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(bias (C,), 1 / ||w_c|| (C,)) of a linear classifier, for the paper's normalised scores; else Nones."""
+        return (self.cls_bias, self.cls_inv_norm) if self.normalized else (None, None)
+
     def location_scores(self, location_logits: torch.Tensor, space: Optional[str] = None) -> torch.Tensor:
         """(B, C, L) per-location logits → (B, C, L) attention inputs in ``space`` (fp32)."""
-        bias, inv_norm = (self.cls_bias, self.cls_inv_norm) if self.normalized else (None, None)
-        return rule.location_scores(location_logits.float(), space or self.space, bias, inv_norm)
+        return rule.location_scores(location_logits.float(), space or self.space, *self._classifier_affine())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, C) CSRA scores in ``self.space``."""
@@ -132,8 +135,8 @@ class CSRAScorer(nn.Module):
         base = rule.base_scores(out.logits.float(), space)
         if lam == 0:
             return base
-        bias, inv_norm = (self.cls_bias, self.cls_inv_norm) if self.normalized else (None, None)
-        terms = rule.location_attention_terms(out.location_logits.float(), space, self.temperatures, bias, inv_norm)
+        terms = rule.location_attention_terms(out.location_logits.float(), space, self.temperatures,
+                                              *self._classifier_affine())
         return rule.combine(base, terms, lam)
 
     @torch.no_grad()
