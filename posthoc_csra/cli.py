@@ -13,7 +13,6 @@ import click
 from .spec import AMP_CHOICES, DEFAULT_MODEL, HEAD_SETS, SPACES, parse_temperature
 
 
-
 def _stack(*decorators):
     def apply(func):
         for decorator in reversed(decorators):

@@ -11,9 +11,9 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
-log = logging.getLogger("posthoc_csra")
-
 from .spec import DEFAULT_MODEL
+
+log = logging.getLogger("posthoc_csra")
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -52,14 +52,13 @@ def location_attention_terms(location_logits: torch.Tensor, space: str, temperat
                              inv_weight_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, C, L) per-location logits → (B, H, C) attention terms: ``attention_terms(location_scores(...))``.
 
-    With only T=inf in ``"logit"`` space the (B, C, L) scores are never formed: ``(z - b_c) / ||w_c||``
-    (``inv_weight_norm`` > 0) increases with z for every class, so its max over L is that map applied to ``max_L z``; rounding is
-    monotone too, so the result is the same to the bit, from (B, C) work instead of (B, C, L).
+    With only T=inf in ``"logit"`` space the (B, C, L) scores are never formed: ``(z - b_c) * inv_c``
+    (``inv_weight_norm`` > 0) increases with z for every class, so its max over L is that map applied
+    to ``max_L z``; rounding is monotone too, so the result is the same to the bit, from (B, C) work.
     """
     if space == "logit" and all(math.isinf(t) for t in temperatures):
-        top = location_logits.amax(dim=-1)
-        return location_scores(top[..., None], space, bias, inv_weight_norm)[..., 0][:, None].expand(
-            -1, len(temperatures), -1)
+        top = location_scores(location_logits.amax(dim=-1, keepdim=True), space, bias, inv_weight_norm)  # (B, C, 1)
+        return top.transpose(1, 2).expand(-1, len(temperatures), -1)
     return attention_terms(location_scores(location_logits, space, bias, inv_weight_norm), temperatures)
 
 
