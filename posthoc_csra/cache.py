@@ -32,15 +32,20 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .baselines import BASELINES
 from .spec import SPACES, STAT_TEMPERATURES
 
 log = logging.getLogger("posthoc_csra")
 
-CACHE_FORMAT = 1
+#: 2: logit-space attention terms in the model's logit units (the paper's rule, ‖w_c‖·att_T(ŝ)), and the
+#: pooling baselines. Part of the key: statistics written by another format are never reused.
+CACHE_FORMAT = 2
 DEFAULT_CHUNK_SIZE = 128
-#: Arrays stored per chunk (``logit_base`` is ``logits`` and is not stored twice).
+#: Arrays stored per chunk (``logit_base`` is ``logits`` and is not stored twice); ``{space}@{method}``
+#: holds a pooling baseline's scores (NaN where it does not apply to the model).
 STAT_KEYS: Tuple[str, ...] = ("logits", "prob_base") + tuple(
-    f"{space}_{part}" for space in SPACES for part in ("mean", "att"))
+    f"{space}_{part}" for space in SPACES for part in ("mean", "att")) + tuple(
+    f"{space}@{method}" for space in SPACES for method in BASELINES)
 
 
 class CacheCorruptError(RuntimeError):
@@ -55,43 +60,6 @@ def cache_key(fields: dict) -> str:
     """sha256 (hex) of the canonical JSON of everything that changes the numbers."""
     blob = json.dumps({"cache_format": CACHE_FORMAT, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weights_identity(name: str, checkpoint=None, pretrained: Optional[bool] = None, model=None) -> Tuple[str, str]:
-    """(label for the table, identity for the key) of the weights ``load_model`` uses for these arguments."""
-    from . import weights as _weights
-
-    arch = name.split(".", 1)[0]
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir() or path.suffix == ".json":
-            entry = _weights.read_manifest(path)[arch]
-            return f"manifest:{entry.name}", _entry_identity(entry)
-        return path.name, _entry_identity(_weights.WeightsEntry(name=arch, file=path, timm_model=arch))
-    if pretrained is False:
-        return "random", "random:torch.manual_seed(0)"
-    if pretrained is None:
-        entry = _weights.find_local_weights(name)
-        if entry is not None:
-            return f"local:{entry.name}", _entry_identity(entry)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    tag = cfg.get("hf_hub_id") or cfg.get("url") or name
-    return f"hub:{tag}", f"hub:{tag}:{cfg.get('tag', '')}"
-
-
-def _entry_identity(entry) -> str:
-    """A weights entry: file hash, loader and the timm kwargs it builds the model with."""
-    extra = json.dumps({"loader": entry.loader, "model_kwargs": entry.model_kwargs,
-                        "pretrained_cfg_overlay": entry.pretrained_cfg_overlay}, sort_keys=True)
-    return f"sha256:{entry.sha256 or file_sha256(entry.file)} {extra}"
 
 
 def json_ready(obj):
@@ -284,7 +252,8 @@ def compute_chunks(cache: StatsCache, chunks: List[int], dataset, transform, mak
     if not chunks:
         return 0
     scorer = make_scorer()
-    info = {"exact": bool(scorer.exact), "describe": scorer.describe(), "num_classes": scorer.num_classes}
+    info = {"exact": bool(scorer.exact), "describe": scorer.describe(), "num_classes": scorer.num_classes,
+            "baselines": scorer.baseline_notes()}
     if scorer.num_classes != cache.n_classes:
         raise ValueError(f"the model has {scorer.num_classes} classes, the cache expects {cache.n_classes}")
     batches, owner = [], []
@@ -343,4 +312,4 @@ def clean_temp_files(folder: Union[str, Path], older_than_s: float = 86400.0) ->
 
 
 __all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
-           "weights_identity", "ensure_statistics", "compute_chunks", "atomic_path", "clean_temp_files"]
+           "ensure_statistics", "compute_chunks", "atomic_path", "clean_temp_files"]

@@ -22,14 +22,16 @@ and fails for heads with a norm, MLP, activation, max pooling or class token.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .errors import InputError
+from .spaces import LinearClassifier
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(InputError):
     """The model's output cannot be mapped to spatial locations; the message says why."""
 
 
@@ -169,16 +171,9 @@ def detect_layout(model: nn.Module, features, input_hw: Optional[Tuple[int, int]
         f"already pooled, no spatial locations")
 
 
-@dataclass
-class ClassifierNorm:
-    """Bias (C,) and 1 / ||w_c|| (C,) of the final linear classifier, for the paper's normalised scores."""
-
-    bias: torch.Tensor
-    inv_weight_norm: torch.Tensor
-
-
-def classifier_norm(model: nn.Module) -> Optional[ClassifierNorm]:
-    """The final classifier's bias and inverse row norms; None when it is not linear.
+def linear_classifier(model: nn.Module) -> Optional[LinearClassifier]:
+    """The final classifier's bias and row norms ‖w_c‖ (for the paper's normalised scores); None when it is
+    not linear.
 
     Distillation heads average two classifiers, so their weights are averaged too.
     """
@@ -198,7 +193,7 @@ def classifier_norm(model: nn.Module) -> Optional[ClassifierNorm]:
         bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(weight.shape[0])
         biases.append(bias.to(weights[-1].device))
     weight = torch.stack(weights).mean(0)
-    return ClassifierNorm(torch.stack(biases).mean(0), 1.0 / weight.norm(dim=1).clamp_min(1e-12))
+    return LinearClassifier(torch.stack(biases).mean(0), weight.norm(dim=1).clamp_min(1e-12))
 
 
 def head_kind(model: nn.Module) -> str:
@@ -243,7 +238,15 @@ def is_mean_exact(logits: torch.Tensor, location_logits: torch.Tensor, tolerance
 
 
 def default_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
-    """(C, H, W) the model expects: given, else its pretrained_cfg, else 3×224×224."""
+    """(C, H, W) the model expects: given, else the size its patch embedding was built for (timm does not
+    update ``pretrained_cfg`` when a ViT/Swin/EVA is created with ``img_size=``), else its pretrained_cfg,
+    else 3×224×224."""
+    if input_size is None:
+        built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if isinstance(built, int):
+            built = (built, built)
+        if built is not None and len(built) == 2 and all(isinstance(v, int) and v > 0 for v in built):
+            input_size = (3, *built)
     if input_size is None:
         input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
     if len(input_size) == 2:

@@ -10,32 +10,40 @@ from torch import nn
 
 from . import heads as _heads
 from . import rule
+from .baselines import BASELINES, METHODS
+from .errors import InputError
 from .heads import UnsupportedModelError
+from .spaces import SPACES, LinearClassifier, ScoreSpace, get_space
+from .spec import STAT_TEMPERATURES, check_lam
 
 log = logging.getLogger("posthoc_csra")
 
 
 @dataclass
 class LocationOutput:
-    """One backbone pass: the model's logits (B, C), per-location logits (B, C, L), grid (H, W)."""
+    """One backbone pass: the model's logits (B, C), per-location logits (B, C, L), grid (H, W), and the
+    features ``forward_features`` returned (for baselines that pool them)."""
 
     logits: torch.Tensor
     location_logits: torch.Tensor
     grid: Tuple[int, int]
+    features: Optional[torch.Tensor] = None
 
 
 class CSRAScorer(nn.Module):
-    """``score = base + lam * att`` on top of a timm classifier, without retraining.
+    """``score = base + (λ/H)·Σ_T att_T`` on top of a timm classifier, without retraining.
 
     Args:
         model: a timm classifier (put in eval mode).
-        lam: the residual-attention weight λ; 0 returns the model's own logits (``space="logit"``)
-            or their softmax (``space="prob"``).
-        heads: a paper head count (1, 2, 4, 6, 8 → temperatures ``rule.HEAD_SETS``) or explicit
+        lam: the residual-attention weight λ ≥ 0; 0 returns the model's own logits (``space="logit"``)
+            or their softmax (``space="prob"``). In logit space a λ means what it means in the paper.
+        heads: a paper head count (1, 2, 4, 6, 8 → temperatures ``spec.HEAD_SETS``) or explicit
             temperatures, e.g. ``(1, math.inf)``.
-        space: ``"logit"`` (the paper; also for sigmoid-trained multi-label models) or ``"prob"``
+        space: a registered score space (``spaces.SPACES``): ``"logit"`` (the paper) or ``"prob"``
             (softmax probabilities per location; better for softmax-trained ImageNet models).
-        input_size: (C, H, W) of the probe input; defaults to the model's pretrained_cfg.
+        input_size: (C, H, W) of the probe input; defaults to the size the model was built for.
+        method: ``"csra"`` (default), ``"model"`` (the model itself), or a pooling baseline from
+            ``baselines.BASELINES`` (``"max-pool"``, ``"avgmax-pool"``, ``"test-time-pool"``).
 
     Attributes set from a probe at construction: ``feature_format`` ("NCHW", "NHWC", "NLC+P"),
     ``head_kind``, ``exact`` (the mean of the per-location logits reproduces the model's logits),
@@ -43,21 +51,39 @@ class CSRAScorer(nn.Module):
     """
 
     def __init__(self, model: nn.Module, lam: float = 0.1, heads: rule.Heads = 1, space: str = "logit",
-                 input_size: Optional[Sequence[int]] = None):
+                 input_size: Optional[Sequence[int]] = None, method: str = "csra"):
         super().__init__()
         if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
             raise UnsupportedModelError(
                 f"{type(model).__name__} has no forward_features/forward_head; pass a timm classifier")
         self.model = model.eval()
-        self.lam = float(lam)
+        self.lam = check_lam(lam)
         self.temperatures = rule.resolve_temperatures(heads)
-        self.space = rule.check_space(space)
+        self.space = get_space(space).name
         self.head_kind = _heads.head_kind(model)
         self._probe(_heads.default_input_size(model, input_size))
-        norm = _heads.classifier_norm(model)
-        self.normalized = norm is not None
-        self.register_buffer("cls_bias", norm.bias if norm else None, persistent=False)
-        self.register_buffer("cls_inv_norm", norm.inv_weight_norm if norm else None, persistent=False)
+        classifier = _heads.linear_classifier(model)
+        self.normalized = classifier is not None
+        self.register_buffer("cls_bias", classifier.bias if classifier else None, persistent=False)
+        self.register_buffer("cls_weight_norm", classifier.weight_norm if classifier else None, persistent=False)
+        self.method = self._check_method(method)
+
+    @classmethod
+    def from_card(cls, card, model: nn.Module) -> "CSRAScorer":
+        """The scorer a scorer card (a path or a loaded card) describes, on ``model`` (weights checked)."""
+        from .cards import scorer_from_card
+
+        return scorer_from_card(card, model)
+
+    def _check_method(self, method: str) -> str:
+        if method in ("csra", "model"):
+            return method
+        if method not in BASELINES:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        reason = BASELINES[method].unavailable(self)
+        if reason is not None:
+            raise UnsupportedModelError(f"method {method!r} does not apply to this model: {reason}")
+        return method
 
     @torch.no_grad()
     def _probe(self, input_size: Tuple[int, int, int]) -> None:
@@ -69,7 +95,8 @@ class CSRAScorer(nn.Module):
         try:
             features = self.model.forward_features(x)
         except Exception as err:
-            raise UnsupportedModelError(f"forward_features failed on a {tuple(x.shape)} probe: {err}") from err
+            raise UnsupportedModelError(f"forward_features failed on a {tuple(x.shape)} probe: {err}; "
+                                        f"pass input_size=(3, H, W) the model accepts") from err
         self.layout = _heads.detect_layout(self.model, features, tuple(input_size[-2:]))
         try:
             logits = self.model.forward_head(features)
@@ -90,6 +117,19 @@ class CSRAScorer(nn.Module):
     def feature_format(self) -> str:
         return self.layout.describe()
 
+    @property
+    def classifier(self) -> Optional[LinearClassifier]:
+        """The linear classifier's bias and row norms (the paper's normalisation), or None."""
+        return LinearClassifier(self.cls_bias, self.cls_weight_norm) if self.normalized else None
+
+    @property
+    def score_space(self) -> ScoreSpace:
+        return get_space(self.space)
+
+    def baseline_notes(self) -> Dict[str, Optional[str]]:
+        """Per baseline method: None when it applies to this model, else why not."""
+        return {name: baseline.unavailable(self) for name, baseline in BASELINES.items()}
+
     def describe(self) -> str:
         """One line for logs: how the locations were found and whether they are exact."""
         how = "exact: mean of per-location logits = model logits" if self.exact else (
@@ -107,51 +147,62 @@ class CSRAScorer(nn.Module):
         logits = self.model.forward_head(features)
         location_logits = _heads.per_location_logits(self.model, self.layout, features)
         grid = self.layout.grid(features, self.model, tuple(x.shape[-2:]))
-        return LocationOutput(logits, location_logits, grid)
+        return LocationOutput(logits, location_logits, grid, features)
+
+    def head_on_locations(self, features: torch.Tensor, reduce: str = "max") -> torch.Tensor:
+        """(B, C): the model's head applied to one location, the ``reduce`` ("max") of all locations' features."""
+        locations = self.layout.locations(features)  # (B, L, D)
+        pooled = locations.amax(dim=1) if reduce == "max" else locations.mean(dim=1)
+        return self.model.forward_head(self.layout.single_location_input(pooled))
 
     def location_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, C, L) the classifier's logits at each of the L locations."""
         return self.forward_locations(x).location_logits
 
-    def _classifier_affine(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(bias (C,), 1 / ||w_c|| (C,)) of a linear classifier, for the paper's normalised scores; else Nones."""
-        return (self.cls_bias, self.cls_inv_norm) if self.normalized else (None, None)
-
     def location_scores(self, location_logits: torch.Tensor, space: Optional[str] = None) -> torch.Tensor:
-        """(B, C, L) per-location logits → (B, C, L) attention inputs in ``space`` (fp32)."""
-        return rule.location_scores(location_logits.float(), space or self.space, *self._classifier_affine())
+        """(B, C, L) per-location logits → (B, C, L) attention inputs ``s`` in ``space`` (fp32)."""
+        return get_space(space or self.space).location_scores(location_logits.float(), self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → (B, C) CSRA scores in ``self.space``."""
-        if self.lam == 0:
-            return rule.base_scores(self.model(x).float(), self.space)
+        """(B, 3, H, W) → (B, C) scores of ``self.method`` in ``self.space``."""
+        if self.method == "model" or (self.method == "csra" and self.lam == 0):
+            return self.score_space.base(self.model(x).float())
         return self.score_output(self.forward_locations(x))
 
     def score_output(self, out: LocationOutput, lam: Optional[float] = None,
                      space: Optional[str] = None) -> torch.Tensor:
-        """CSRA scores (B, C) from an already computed ``forward_locations`` output."""
-        space = space or self.space
+        """(B, C) scores from an already computed ``forward_locations`` output."""
+        space = get_space(space or self.space)
+        if self.method in BASELINES:
+            return space.base(BASELINES[self.method].logits(self, out).float())
         lam = self.lam if lam is None else lam
-        base = rule.base_scores(out.logits.float(), space)
-        if lam == 0:
+        base = space.base(out.logits.float())
+        if lam == 0 or self.method == "model":
             return base
-        terms = rule.location_attention_terms(out.location_logits.float(), space, self.temperatures,
-                                              *self._classifier_affine())
+        terms = space.attention_terms(out.location_logits.float(), self.temperatures, self.classifier)
         return rule.combine(base, terms, lam)
 
     @torch.no_grad()
     def statistics(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Everything any λ, head set and space needs, from one backbone pass (all fp32, on CPU).
+        """Everything any λ, head set, space and method needs, from one backbone pass (fp32, on CPU).
 
-        ``logits`` (B, C); per space ``{space}_base`` (B, C), ``{space}_mean`` (B, C) the mean
-        of the location scores, and ``{space}_att`` (B, 8, C) for ``rule.STAT_TEMPERATURES``.
+        ``logits`` (B, C); per space ``{space}_base`` (B, C), ``{space}_mean`` (B, C) the mean of the
+        location scores ``s``, ``{space}_att`` (B, 8, C) the attention terms for ``spec.STAT_TEMPERATURES``
+        in the base's units (score = base + (λ/H)·Σ_T att_T), and per baseline ``{space}@{method}`` (B, C)
+        (NaN where the baseline does not apply; ``baseline_notes()`` says why).
         """
         out = self.forward_locations(x)
-        stats = {"logits": out.logits.float()}
-        for space in rule.SPACES:
-            s = self.location_scores(out.location_logits, space)
-            stats[f"{space}_base"] = rule.base_scores(stats["logits"], space)
-            stats[f"{space}_mean"] = s.mean(-1)
-            stats[f"{space}_att"] = rule.attention_terms(s, rule.STAT_TEMPERATURES)
+        logits, z = out.logits.float(), out.location_logits.float()
+        method_logits = {}
+        for name, baseline in BASELINES.items():
+            applies = baseline.unavailable(self) is None
+            method_logits[name] = baseline.logits(self, out).float() if applies else torch.full_like(
+                logits, float("nan"))
+        stats = {"logits": logits}
+        for name, space in SPACES.items():
+            stats[f"{name}_base"] = space.base(logits)
+            stats[f"{name}_mean"] = space.location_scores(z, self.classifier).mean(-1)
+            stats[f"{name}_att"] = space.attention_terms(z, STAT_TEMPERATURES, self.classifier)
+            for method, values in method_logits.items():
+                stats[f"{name}@{method}"] = space.base(values)
         return {k: v.cpu() for k, v in stats.items()}
-

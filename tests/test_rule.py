@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from posthoc_csra import rule
+from posthoc_csra import spec as rule_spec
+from posthoc_csra.errors import InputError
+from posthoc_csra.spaces import SPACES, LinearClassifier, get_space
 
 
 def test_head_sets_are_the_papers():
@@ -65,33 +68,39 @@ def test_h_heads_rank_like_the_per_head_sum():
 
 def test_spaces():
     z = torch.randn(2, 4, 3)
-    bias, inv = torch.randn(4), torch.rand(4) + 0.5
-    s = rule.location_scores(z, "logit", bias, inv)
-    assert torch.allclose(s, (z - bias[None, :, None]) * inv[None, :, None])
-    p = rule.location_scores(z, "prob")
+    classifier = LinearClassifier(torch.randn(4), torch.rand(4) + 0.5)
+    s = get_space("logit").location_scores(z, classifier)
+    assert torch.allclose(s, (z - classifier.bias[None, :, None]) / classifier.weight_norm[None, :, None])
+    assert get_space("logit").location_scores(z) is z  # a head without a linear classifier: s = z
+    p = get_space("prob").location_scores(z)
     assert torch.allclose(p.sum(1), torch.ones(2, 3))
     logits = torch.randn(2, 4)
-    assert torch.allclose(rule.base_scores(logits, "prob"), logits.softmax(1))
-    assert rule.base_scores(logits, "logit") is logits
-    with pytest.raises(ValueError, match="space"):
-        rule.base_scores(logits, "sigmoid")
+    assert torch.allclose(get_space("prob").base(logits), logits.softmax(1))
+    assert get_space("logit").base(logits) is logits
+    assert get_space("logit").member_pool("sum") == "max" and get_space("prob").member_pool("sum") == "sum"
+    with pytest.raises(InputError, match="space"):
+        get_space("sigmoid")
+    assert tuple(SPACES) == rule_spec.SPACES
 
 
 def test_prob_space_rule_is_softmax_base_plus_max_location_probability():
     logits, z = torch.randn(2, 5), torch.randn(2, 5, 4)
-    out = rule.csra(rule.base_scores(logits, "prob"), rule.location_scores(z, "prob"), 0.5, (math.inf,))
+    space = get_space("prob")
+    out = rule.combine(space.base(logits), space.attention_terms(z, (math.inf,)), 0.5)
     assert torch.allclose(out, logits.softmax(1) + 0.5 * z.softmax(1).amax(-1))
 
 
-@pytest.mark.parametrize("space,temps", [("logit", (math.inf,)), ("logit", rule.HEAD_SETS[4]),
-                                         ("prob", (math.inf,)), ("prob", rule.HEAD_SETS[2])])
-def test_attention_terms_from_location_logits_equal_the_two_step_rule(space, temps):
-    """The T=inf logit-space shortcut (max over L before the per-class affine map) is the same to the bit."""
+@pytest.mark.parametrize("temps", [(math.inf,), rule.HEAD_SETS[4]])
+def test_logit_space_terms_are_the_papers_attention_in_logit_units(temps):
+    """‖w_c‖·att_T((z − b)/‖w_c‖); at T = ∞ the shortcut max_k z − b, ties included."""
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(4, 7, 9, generator=generator) * 5
     z[0, 0, 3] = z[0, 0, 5]  # a tie on the max
-    bias, inv = torch.randn(7, generator=generator), torch.rand(7, generator=generator) + 0.01
-    terms = rule.location_attention_terms(z, space, temps, bias, inv)
-    expected = rule.attention_terms(rule.location_scores(z, space, bias, inv), temps)
-    assert terms.shape == expected.shape == (4, len(temps), 7)
-    assert torch.equal(terms, expected)
+    classifier = LinearClassifier(torch.randn(7, generator=generator), torch.rand(7, generator=generator) + 0.01)
+    terms = get_space("logit").attention_terms(z, temps, classifier)
+    s = (z - classifier.bias[None, :, None]) / classifier.weight_norm[None, :, None]
+    expected = rule.attention_terms(s, temps) * classifier.weight_norm[None, None, :]
+    assert terms.shape == (4, len(temps), 7)
+    assert torch.allclose(terms, expected, atol=1e-5, rtol=1e-5)
+    if temps == (math.inf,):
+        assert torch.equal(terms[:, 0], z.amax(-1) - classifier.bias)

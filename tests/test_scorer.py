@@ -70,7 +70,8 @@ def test_scores_follow_the_rule_from_location_logits():
         out = scorer.forward_locations(x)
         w, b = model.fc.weight, model.fc.bias
         s = (out.location_logits - b[None, :, None]) / w.norm(dim=1)[None, :, None]
-        expected = out.logits + 0.5 / 4 * sum(rule.attention(s, t) for t in (1, 2, 4, math.inf))
+        # the paper's attention terms, written in the model's logit units (× ‖w_c‖)
+        expected = out.logits + 0.5 / 4 * w.norm(dim=1) * sum(rule.attention(s, t) for t in (1, 2, 4, math.inf))
         assert torch.allclose(scorer(x), expected, atol=1e-4)
         # the logit-space scores are the normalised classifier applied at each location
         feats = model.forward_features(x).flatten(2)
@@ -135,3 +136,70 @@ def test_prefix_tokens_without_a_declared_count_come_from_the_models_grid():
         out = scorer.forward_locations(x)
         assert scorer.feature_format == "NLC+1" and out.grid == (7, 7)
         assert (scorer(x) - model(x)).abs().max() <= 1e-4
+
+
+# Models built at a size other than their pretrained_cfg's: timm does not update the cfg.
+OTHER_SIZE_MODELS = [("vit_tiny_patch16_224", 256), ("deit_tiny_distilled_patch16_224", 256),
+                     ("swin_tiny_patch4_window7_224", 256), ("eva02_tiny_patch14_224", 252)]
+
+
+@pytest.mark.parametrize("name,size", OTHER_SIZE_MODELS, ids=[m[0] for m in OTHER_SIZE_MODELS])
+def test_models_built_at_another_size_need_no_input_size(name, size):
+    model = _create(name, size)
+    assert tuple(model.pretrained_cfg["input_size"][-2:]) != (size, size)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        scorer = CSRAScorer(model, lam=0)  # no input_size: the probe uses the size the model was built for
+        assert (scorer(x) - model(x)).abs().max() <= 1e-4
+        scorer.lam = 0.2
+        assert torch.isfinite(scorer(x)).all()
+
+
+@pytest.mark.parametrize("pool", ["avgmax", "max"])
+def test_pooling_baselines_equal_timm_with_that_global_pool(pool):
+    """avgmax-pool / max-pool rows are what timm computes with global_pool='avgmax' / 'max', same weights."""
+    model = _create("resnet18")
+    other = timm.create_model("resnet18", pretrained=False, global_pool=pool).eval()
+    other.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        stats = CSRAScorer(model).statistics(x)
+        expected = other(x)
+        assert torch.allclose(stats[f"logit@{pool}-pool"], expected, atol=1e-5)
+        assert torch.allclose(stats[f"prob@{pool}-pool"], expected.softmax(1), atol=1e-6)
+        method = CSRAScorer(model, method=f"{pool}-pool", space="prob")
+        assert torch.allclose(method(x), expected.softmax(1), atol=1e-6)
+
+
+def test_test_time_pool_equals_timms_head_and_is_the_model_at_the_native_size():
+    from timm.layers import TestTimePoolHead
+
+    model = _create("resnet18")
+    reference = _create("resnet18")
+    reference.load_state_dict(model.state_dict())
+    ttp = TestTimePoolHead(reference, original_pool=reference.pretrained_cfg["pool_size"]).eval()
+    scorer = CSRAScorer(model, method="test-time-pool")
+    with torch.no_grad():
+        big = torch.randn(2, 3, 320, 320)
+        assert torch.allclose(scorer(big), ttp(big), atol=1e-5)
+        native = torch.randn(2, 3, 224, 224)
+        assert torch.allclose(scorer(native), model(native), atol=1e-5)
+
+
+def test_baselines_say_why_they_do_not_apply_to_token_heads():
+    model = _create("vit_tiny_patch16_224")
+    scorer = CSRAScorer(model)
+    notes = scorer.baseline_notes()
+    assert all("NLC" in note for note in notes.values())
+    with torch.no_grad():
+        stats = scorer.statistics(torch.randn(1, 3, 224, 224))
+    assert torch.isnan(stats["logit@max-pool"]).all()
+    with pytest.raises(UnsupportedModelError, match="max-pool"):
+        CSRAScorer(model, method="max-pool")
+
+
+def test_lambda_must_be_finite_and_non_negative():
+    model = _create("resnet18")
+    for bad in (float("nan"), float("inf"), -1):
+        with pytest.raises(ValueError, match="λ"):
+            CSRAScorer(model, lam=bad)

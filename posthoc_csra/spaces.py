@@ -1,0 +1,129 @@
+"""Score spaces: what is ranked, as small registered objects (torch is imported inside the methods).
+
+A space turns one backbone pass — the model's logits (B, C) and the classifier applied at every
+location, ``z`` (B, C, L) — into the two parts of the rule ``score = base + (λ/H)·Σ_T att_T``:
+
+* ``base(logits)`` (B, C): the model's own output in this space, so λ = 0 reproduces the model;
+* ``attention_terms(z, temperatures, classifier)`` (B, H, C): one attention term per temperature,
+  *in the base's units*, so that the sum above is the paper's head up to a positive affine map per class
+  (every per-class ranking is the paper's, and a λ read in the paper means the same here).
+
+Adding a space (e.g. ``sigmoid`` for sigmoid-trained multi-label models) is one subclass registered
+in ``SPACES`` plus its tests.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
+    from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LinearClassifier:
+    """The final linear classifier's bias ``b`` (C,) and row norms ``‖w_c‖`` (C,)."""
+
+    bias: "Tensor"
+    weight_norm: "Tensor"
+
+
+class ScoreSpace:
+    """One space. Subclasses set ``name`` and ``label`` and implement the three score methods."""
+
+    name = ""
+    label = ""
+
+    def base(self, logits: "Tensor") -> "Tensor":
+        """(B, C) model logits → (B, C) base scores."""
+        raise NotImplementedError
+
+    def location_scores(self, z: "Tensor", classifier: Optional[LinearClassifier] = None) -> "Tensor":
+        """(B, C, L) per-location logits → (B, C, L) the attention's input ``s``."""
+        raise NotImplementedError
+
+    def attention_terms(self, z: "Tensor", temperatures: Sequence[float],
+                        classifier: Optional[LinearClassifier] = None) -> "Tensor":
+        """(B, C, L) per-location logits → (B, H, C) attention terms in the base's units."""
+        from .rule import attention_terms
+
+        return attention_terms(self.location_scores(z, classifier), temperatures)
+
+    def member_pool(self, pool: str) -> str:
+        """How an ImageNet→VOC/COCO class map pools member classes ("max" or "sum") in this space."""
+        return pool
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LogitSpace(ScoreSpace):
+    """The paper. ``s_kc = (z_kc − b_c)/‖w_c‖``: the bias-free, L2-normalised classifier at location k.
+
+    The paper's head is ``y_c = mean_k s_kc + (λ/H)·Σ_T att_T(s_c)``. For a pool→linear head the model's
+    logit is ``‖w_c‖·mean_k s_kc + b_c``, so ``logit_c + (λ/H)·‖w_c‖·Σ_T att_T(s_c)`` is the paper's
+    ``y_c`` times ``‖w_c‖`` plus ``b_c``: the same ranking of every class, in the model's logit units.
+    At T = ∞ the term is ``max_k z_kc − b_c`` (the "4 lines": ``mean z + λ·max z``). A head whose final
+    layer is not linear has no ``w_c``: then ``s = z``.
+    """
+
+    name = "logit"
+    label = "logits"
+
+    def base(self, logits):
+        return logits
+
+    def location_scores(self, z, classifier=None):
+        if classifier is None:
+            return z
+        return (z - classifier.bias.view(1, -1, 1)) / classifier.weight_norm.view(1, -1, 1)
+
+    def attention_terms(self, z, temperatures, classifier=None):
+        if all(math.isinf(t) for t in temperatures):
+            # ‖w_c‖·max_k (z_kc − b_c)/‖w_c‖ = max_k z_kc − b_c: (B, C) work, no (B, C, L) scores formed.
+            top = z.amax(dim=-1)
+            if classifier is not None:
+                top = top - classifier.bias.view(1, -1)
+            return top[:, None, :].expand(-1, len(temperatures), -1)
+        terms = super().attention_terms(z, temperatures, classifier)
+        return terms if classifier is None else terms * classifier.weight_norm.view(1, 1, -1)
+
+    def member_pool(self, pool):
+        return "max"  # a sum of logits has no meaning
+
+
+class ProbSpace(ScoreSpace):
+    """Softmax probabilities: base ``softmax(logits)``, ``s_k = softmax over classes of z_k``.
+
+    Softmax-trained ImageNet models rank better on probabilities than on logits.
+    """
+
+    name = "prob"
+    label = "softmax probabilities"
+
+    def base(self, logits):
+        return logits.softmax(dim=1)
+
+    def location_scores(self, z, classifier=None):
+        return z.softmax(dim=1)
+
+
+#: The registry: every space by name (the only list; ``spec.SPACES`` is its keys).
+SPACES: Dict[str, ScoreSpace] = {space.name: space for space in (LogitSpace(), ProbSpace())}
+SPACE_NAMES: Tuple[str, ...] = tuple(SPACES)
+
+
+def get_space(space) -> ScoreSpace:
+    """The registered space named ``space`` (a ScoreSpace passes through)."""
+    if isinstance(space, ScoreSpace):
+        return space
+    try:
+        return SPACES[space]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown score space {space!r}; choose one of {', '.join(SPACES)}") from None
+
+
+__all__ = ["ScoreSpace", "LogitSpace", "ProbSpace", "LinearClassifier", "SPACES", "SPACE_NAMES", "get_space"]
