@@ -1,8 +1,10 @@
 """Where does each class score come from? Per-location score maps (and attention) over the image.
 
-``explain_image`` runs one backbone pass, ranks the classes by their CSRA score and draws, per
-class, the per-location scores ``s`` (the input of the CSRA attention, in the chosen space) over
-the region of the photo the model saw, upsampled with the model's own crop geometry.
+Computing and drawing are separate (like pytorch-grad-cam's ``show_cam_on_image``): ``explain_image``
+runs one backbone pass, ranks the classes by their CSRA score and returns, per class, the
+per-location scores ``s`` (the input of the CSRA attention, in the chosen space) and the attention
+weights; ``render`` draws them over the region of the photo the model saw, with the model's own crop
+geometry.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .errors import InputError
+from .parsing import check_img_size, check_lam, check_topk
 from .spec import DEFAULT_MODEL
 
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
@@ -67,7 +71,7 @@ def match_classes(queries: Sequence[str], names: Sequence[str]) -> List[int]:
     """Class indices whose label, or any comma-separated synonym of it, equals a query (case-insensitive).
 
     A name shared by several classes (ImageNet's two "crane"s) selects all of them. Unknown names
-    raise ValueError with the closest synonyms.
+    raise InputError with the closest synonyms.
     """
     synonyms: Dict[str, List[int]] = {}
     spelled: Dict[str, str] = {}  # lower case → as the label writes it
@@ -83,7 +87,7 @@ def match_classes(queries: Sequence[str], names: Sequence[str]) -> List[int]:
         if hits is None:
             close = difflib.get_close_matches(query.strip().lower(), list(synonyms), n=5, cutoff=0.6)
             hint = f"; close matches: {', '.join(repr(spelled[c]) for c in close)}" if close else ""
-            raise ValueError(f"unknown class name {query!r} (none of the model's {len(names)} class labels "
+            raise InputError(f"unknown class name {query!r} (none of the model's {len(names)} class labels "
                              f"or their synonyms){hint}")
         found += [i for i in hits if i not in found]
     return found
@@ -107,7 +111,6 @@ class Explanation:
     lam: float = 0.1
     temperatures: Tuple[float, ...] = (math.inf,)
     space: str = "logit"
-    output: Optional[Path] = None
 
     @property
     def short_names(self) -> List[str]:
@@ -134,41 +137,43 @@ def _format_t(t: float) -> str:
 
 
 def check_figure_path(output: Union[str, Path]) -> Path:
+    """``output`` as a Path when its extension is a figure format ``render`` writes."""
     path = Path(output)
     if path.suffix.lower() not in FIGURE_FORMATS:
-        raise ValueError(f"--output {path}: unknown figure format {path.suffix!r}; use one of "
+        raise InputError(f"--output {path}: unknown figure format {path.suffix!r}; use one of "
                          f"{', '.join(FIGURE_FORMATS)}")
     return path
 
 
+def default_figure_path(image: Union[str, Path]) -> Path:
+    """``<image stem>_csra.png`` in the current directory."""
+    return Path(f"{Path(image).stem}_csra.png")
+
+
 def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained: Optional[bool] = None,
                   classes: Optional[Sequence[str]] = None, topk: int = 3, lam: float = 0.1, heads=1,
-                  space: str = "logit", img_size: Optional[int] = None, device: str = "cpu",
-                  output: Union[str, Path, None] = None, amp: str = "none",
+                  space: str = "logit", img_size: Optional[int] = None, device: str = "cpu", amp: str = "none",
                   channels_last: bool = False) -> Explanation:
-    """Score one image with the CSRA rule and draw per-class score maps; one backbone pass.
+    """Score one image with the CSRA rule and return per-class score maps (one backbone pass; draws nothing,
+    see ``render``).
 
     Args:
         classes: class names to show (any synonym of the label, case-insensitive); default the
             ``topk`` classes by CSRA score. Shown classes are ordered by CSRA score.
         heads: a paper head count or explicit temperatures; attention weights softmax(T·s) are kept
             for every finite T.
-        output: the figure file (.png, .jpg, .pdf, .svg); default ``<image stem>_csra.png`` in the
-            current directory.
     """
     import torch
 
-    from . import rule
     from .images import load_rgb
     from .models import class_names, load_model
     from .runtime import Runtime
     from .scorer import CSRAScorer
     from .scoring import data_transform
+    from .spaces import get_space
 
-    output = check_figure_path(output if output is not None else f"{Path(path).stem}_csra.png")
-    if classes is None and topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
-    rule.check_space(space)
+    lam, topk, img_size = check_lam(lam), check_topk(topk), check_img_size(img_size)
+    get_space(space)
     runtime = Runtime(device=device, amp=amp, channels_last=channels_last)
     image = load_rgb(path)
     net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
@@ -181,9 +186,9 @@ def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained:
     with torch.inference_mode(), runtime.autocast():
         out = scorer.forward_locations(runtime.inputs(transform(image).unsqueeze(0)))
     with torch.inference_mode():
-        base = rule.base_scores(out.logits.float(), space)[0]
+        base = scorer.score_space.base(out.logits.float())[0]
         s = scorer.location_scores(out.location_logits, space)[0]  # (C, L)
-        scores = rule.csra(base[None], s[None], lam, scorer.temperatures)[0]
+        scores = scorer.score_output(out)[0]
     order = torch.argsort(scores, descending=True, stable=True)
     keep = order[:min(topk, len(names))] if chosen is None else \
         order[torch.isin(order, torch.tensor(chosen, device=order.device))]
@@ -192,13 +197,11 @@ def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained:
     attention = {t: torch.softmax(t * maps.flatten(1), dim=1).reshape(maps.shape).cpu().numpy()
                  for t in scorer.temperatures if not math.isinf(t)}
     idx = keep.cpu().tolist()
-    result = Explanation(
+    return Explanation(
         image=Path(path), model=model, image_size=image.size, crop_box=crop_box(image.size, config), grid=grid,
         classes=idx, names=[names[i] for i in idx], base=base[keep].cpu().numpy(), csra=scores[keep].cpu().numpy(),
         maps=maps.cpu().numpy(), attention=attention, lam=float(lam), temperatures=tuple(scorer.temperatures),
         space=space)
-    result.output = render(result, output, image)
-    return result
 
 
 def _upsample(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -216,10 +219,12 @@ def _attention_rows(temperatures: Sequence[float]) -> List[float]:
 
 def render(result: Explanation, output: Union[str, Path], image=None, max_side: int = 448,
            max_columns: int = 5, dpi: int = 120) -> Path:
-    """Draw ``result`` into ``output``: one panel per class (plus attention rows for finite T)."""
+    """Draw ``result`` into ``output`` (written atomically): one panel per class, plus attention rows for
+    finite T. ``image``: the decoded image when at hand (else it is read again from ``result.image``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .cache import atomic_path
     from .images import load_rgb
 
     output = check_figure_path(output)
@@ -260,6 +265,6 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
     fig.suptitle(textwrap.fill(f"{result.image.name} · {result.model} · heads T={{{heads}}} · per-location score "
                                f"s = {what} on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)",
                                int(10 * fig.get_figwidth())), fontsize=12)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=output.suffix.lower().lstrip("."))
     return output
