@@ -1,13 +1,19 @@
 import json
 import os
+import shutil
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from posthoc_csra.datasets import (DATASETS, VOC_CLASSES, Mosaic, load_class_map, map_scores,
-                                   parse_dataset, split_indices)
+from posthoc_csra.classmaps import CLASS_MAP_SPACES, class_map_for, pool_members
+from posthoc_csra.datasets import (DATASETS, VOC_CLASSES, DatasetWarning, Mosaic, MultiLabelDataset, Subset,
+                                   dataset_kind, dataset_options, dataset_split, is_size_dependent,
+                                   load_class_map, map_scores, parse_dataset, split_indices)
+from posthoc_csra.errors import InputError, MissingInputError
 
 
 def _image(path, color=(200, 30, 30), size=(40, 30)):
@@ -29,26 +35,50 @@ VOC_IMAGES = {
     "000003": [("car", 1), ("car", 1)],           # car ignore only
     "000004": [],                                 # nothing
 }
+VOC_SPLITS = {"test": ["000001", "000002", "000003", "000004"], "trainval": ["000002"]}
+
+
+def _label_value(objects, cls):
+    """The devkit's label-file value: 1 present, 0 only difficult objects, -1 absent."""
+    flags = [int(d) for n, d in objects if n == cls]
+    return -1 if not flags else (0 if all(flags) else 1)
+
+
+def _write_voc(root, *, xml=True, label_files=False):
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    for (image, objs), c in zip(VOC_IMAGES.items(), colors):
+        _image(root / "JPEGImages" / f"{image}.jpg", c, size=(50, 40))
+        if xml:
+            (root / "Annotations").mkdir(exist_ok=True)
+            (root / "Annotations" / f"{image}.xml").write_text(_voc_xml(objs))
+    for split, ids in VOC_SPLITS.items():
+        main.joinpath(f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        if label_files:  # the devkit's format: "000001 -1", "000002  1"
+            for cls in VOC_CLASSES:
+                main.joinpath(f"{cls}_{split}.txt").write_text("".join(
+                    f"{i} {_label_value(VOC_IMAGES[i], cls):2d}\n" for i in ids))
+    return root
 
 
 @pytest.fixture
 def voc(tmp_path):
-    root = tmp_path / "VOCdevkit" / "VOC2007"
-    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
-    for (image, objs), c in zip(VOC_IMAGES.items(), colors):
-        _image(root / "JPEGImages" / f"{image}.jpg", c, size=(50, 40))
-        (root / "Annotations").mkdir(exist_ok=True)
-        (root / "Annotations" / f"{image}.xml").write_text(_voc_xml(objs))
-    main = root / "ImageSets" / "Main"
-    main.mkdir(parents=True)
-    main.joinpath("test.txt").write_text("000001\n000002\n000003\n000004\n")
-    main.joinpath("trainval.txt").write_text("000002\n")
+    """VOCdevkit/VOC2007 with XML annotations only; returns the VOCdevkit folder."""
+    _write_voc(tmp_path / "VOCdevkit" / "VOC2007")
     return tmp_path / "VOCdevkit"
+
+
+@pytest.fixture
+def voc_both(tmp_path):
+    """VOCdevkit/VOC2007 with both the per-class label files and the XML annotations."""
+    return _write_voc(tmp_path / "both" / "VOCdevkit" / "VOC2007", label_files=True)
 
 
 def test_voc2007_labels_and_ignore(voc):
     ds = parse_dataset(f"voc2007:{voc}")
     assert ds.classes == VOC_CLASSES and ds.label_space == "voc2007" and len(ds) == 4
+    assert ds.short_name == "voc2007@test" and ds.name == f"voc2007:{voc}" and ds.full_frame
     t, g = ds.targets(), ds.ignore_mask()
     assert t.dtype == np.uint8 and g.dtype == bool and t.shape == g.shape == (4, 20)
     c = VOC_CLASSES.index
@@ -67,7 +97,45 @@ def test_voc2007_labels_and_ignore(voc):
     assert np.array_equal(same.targets(), t) and same.fingerprint() == ds.fingerprint()
     other = parse_dataset(f"voc2007:{voc}@trainval")
     assert len(other) == 1 and other.image_id(0) == "JPEGImages/000002.jpg"
-    assert other.fingerprint() != ds.fingerprint()
+    assert other.fingerprint() != ds.fingerprint() and other.short_name == "voc2007@trainval"
+
+
+def test_voc2007_label_files_and_xml_agree(voc_both):
+    """The label-file reader and the XML reader give the same targets and ignore mask."""
+    for split in VOC_SPLITS:
+        spec = f"voc2007:{voc_both.parent.parent}@{split}"  # a folder holding VOCdevkit/VOC2007
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # they agree: no warning
+            both = parse_dataset(spec)
+        shutil.move(voc_both / "Annotations", voc_both.parent / "Annotations.off")
+        from_files = parse_dataset(spec)
+        shutil.move(voc_both.parent / "Annotations.off", voc_both / "Annotations")
+        label_files = sorted((voc_both / "ImageSets" / "Main").glob(f"*_{split}.txt"))
+        assert len(label_files) == 20
+        for f in label_files:
+            f.rename(f.with_suffix(".off"))
+        from_xml = parse_dataset(spec)
+        for f in label_files:
+            f.with_suffix(".off").rename(f)
+        assert len(from_files) == len(VOC_SPLITS[split]) and from_files.targets().any()
+        for ds in (both, from_xml):
+            assert np.array_equal(ds.targets(), from_files.targets())
+            assert np.array_equal(ds.ignore_mask(), from_files.ignore_mask())
+            assert ds.fingerprint() == from_files.fingerprint()
+    expected = parse_dataset(f"voc2007:{voc_both}")  # the label files say what the XML test above checks
+    assert expected.ignore_mask()[0, VOC_CLASSES.index("person")] and expected.targets()[0, VOC_CLASSES.index("dog")]
+
+
+def test_voc2007_label_files_win_over_disagreeing_xml(voc_both):
+    bus = voc_both / "ImageSets" / "Main" / "bus_test.txt"
+    bus.write_text(bus.read_text().replace("000004 -1", "000004  1"))
+    (voc_both / "Annotations" / "000003.xml").write_text(_voc_xml([("car", 0)]))  # car: 0 -> 1 in XML
+    with pytest.warns(DatasetWarning, match=r"disagree on 2 \(image, class\) entries of split test; "
+                                            r"first: image 000003, car: label file 0 .*XML 1"):
+        ds = parse_dataset(f"voc2007:{voc_both}")
+    c = VOC_CLASSES.index
+    assert ds.targets()[3, c("bus")] == 1  # from the label file
+    assert ds.targets()[2, c("car")] == 0 and ds.ignore_mask()[2, c("car")]
 
 
 def test_fingerprint_tracks_files_and_labels(voc):
@@ -84,53 +152,204 @@ def test_fingerprint_tracks_files_and_labels(voc):
 
 
 def test_wrong_layout_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ImageSets/Main/test.txt.*VOCdevkit layout"):
+    with pytest.raises(MissingInputError, match=r"no ImageSets/Main folder.*VOCdevkit layout"):
         parse_dataset(f"voc2007:{tmp_path}")
-    with pytest.raises(FileNotFoundError, match=r"not a folder"):
+    with pytest.raises(MissingInputError, match=r"not a folder"):
         parse_dataset(f"voc2007:{tmp_path / 'nope'}")
-    with pytest.raises(FileNotFoundError, match=r"annotations/instances_val2014.json"):
+    with pytest.raises(MissingInputError, match=r"annotations/instances_val2014.json"):
         parse_dataset(f"coco2014:{tmp_path}")
-    with pytest.raises(FileNotFoundError, match=r"ILSVRC2012_val_XXXXXXXX"):
+    with pytest.raises(MissingInputError, match=r"ILSVRC2012_val_XXXXXXXX"):
         parse_dataset(f"imagenet-real:{tmp_path}")
-    with pytest.raises(FileNotFoundError, match=r"header"):
+    with pytest.raises(MissingInputError, match=r"header"):
         parse_dataset(f"csv:{tmp_path / 'missing.csv'}")
 
 
+def test_voc2007_missing_split_lists_the_splits(voc_both):
+    with pytest.raises(MissingInputError, match=r"no split file .*val\.txt; splits there: test, trainval "
+                                                r"\(write voc2007:DIR@test\)"):
+        parse_dataset(f"voc2007:{voc_both}@val")
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+MAIN = ("ImageSets", "Main")
+VOC_BAD_FILES = {  # name: (change to voc_both, error type, message pattern)
+    "missing image": (lambda r: os.remove(r / "JPEGImages" / "000003.jpg"),
+                      MissingInputError, r"1 image\(s\) listed in .*test\.txt are missing, first .*000003\.jpg"),
+    "duplicate split id": (lambda r: _edit(r.joinpath(*MAIN, "test.txt"), "000004\n", "000004\n000002\n"),
+                           InputError, r"test\.txt lines 2 and 5: image 000002 listed twice"),
+    "duplicate label id": (lambda r: _edit(r.joinpath(*MAIN, "dog_test.txt"), "000004 -1\n", "000004 -1\n000004 -1\n"),
+                           InputError, r"dog_test\.txt lines 4 and 5: image 000004 listed twice"),
+    "label out of range": (lambda r: _edit(r.joinpath(*MAIN, "cat_test.txt"), "000002  1", "000002  2"),
+                           InputError, r"cat_test\.txt line 2: expected 'IMAGE_ID LABEL' .*got '000002 2'"),
+    "label ids differ from split": (
+        lambda r: _edit(r.joinpath(*MAIN, "bus_test.txt"), "000003 -1", "000009 -1"),
+        InputError, r"bus_test\.txt lists other images than .*test\.txt: 1 image\(s\) of the split missing "
+                    r"\(first 000003\); 1 image\(s\) not in the split \(first 000009\)"),
+    "some label files missing": (lambda r: os.remove(r.joinpath(*MAIN, "sofa_test.txt")),
+                                 MissingInputError, r"1 of the 20 label files of split test .*sofa_test\.txt"),
+    "malformed XML": (lambda r: (r / "Annotations" / "000002.xml").write_text("<annotation><object>"),
+                      InputError, r"000002\.xml: malformed XML"),
+    "unknown XML class": (lambda r: (r / "Annotations" / "000001.xml").write_text(_voc_xml([("dragon", 0)])),
+                          InputError, r"000001\.xml: unknown class 'dragon'"),
+    "bad difficult flag": (lambda r: (r / "Annotations" / "000001.xml").write_text(_voc_xml([("dog", "yes")])),
+                           InputError, r"000001\.xml: object 'dog' has <difficult>yes"),
+    "empty split": (lambda r: r.joinpath(*MAIN, "test.txt").write_text("\n"),
+                    InputError, r"test\.txt lists no images"),
+    "no labels at all": (lambda r: [shutil.rmtree(r / "Annotations")]
+                         + [f.unlink() for f in r.joinpath(*MAIN).glob("*_test.txt")],
+                         MissingInputError, r"no labels for split test"),
+}
+
+
+@pytest.mark.parametrize("case", list(VOC_BAD_FILES))
+def test_voc2007_bad_files_give_one_clear_error(voc_both, case):
+    change, error, pattern = VOC_BAD_FILES[case]
+    parse_dataset(f"voc2007:{voc_both}")  # fine before the change
+    change(voc_both)
+    with pytest.raises(error, match=pattern):
+        parse_dataset(f"voc2007:{voc_both}")
+
+
+# ------------------------------------------------------------------ registry
 def test_unknown_prefix_lists_known():
     for spec in ("imagenet:/data", "no-colon-at-all"):
-        with pytest.raises(ValueError, match="known prefixes") as info:
+        with pytest.raises(InputError, match="known prefixes") as info:
             parse_dataset(spec)
-        for prefix in DATASETS:
-            assert f"{prefix}:" in str(info.value)
-    assert {"imagenet-real", "voc2007", "coco2014", "csv", "mosaic", "mosaic2",
-            "mosaic3"} <= set(DATASETS)
+        for prefix, kind in DATASETS.items():
+            assert f"{prefix}:" in str(info.value) and kind.syntax in str(info.value)
+    assert {"imagenet-real", "voc2007", "coco2014", "csv", "mosaic", "mosaic2", "mosaic3",
+            "subset"} <= set(DATASETS)
+
+
+def test_kind_chain_options_and_size_dependence():
+    """The prefix chain (mosaic*, subset wrapping other specs) is read in one place."""
+    assert dataset_kind("mosaic3:csv:x.csv").prefix == "mosaic3"
+    assert dataset_kind("subset:5:7:mosaic:csv:x.csv").prefix == "subset"
+    assert is_size_dependent("mosaic:imagenet-real:/d") and is_size_dependent("subset:5:mosaic2:csv:x")
+    assert not is_size_dependent("subset:5:csv:x") and not is_size_dependent("voc2007:/d@trainval")
+    assert dataset_options("csv:x") == {"classes_file"} and dataset_options("voc2007:/d") == set()
+    assert dataset_options("subset:3:mosaic:csv:x") == {"classes_file", "seed", "count"}
+    for bad in ("subset:x:csv:y", "subset:3", "subset:3:4"):
+        with pytest.raises(InputError, match=r"subset:N\[:SEED\]:SPEC"):
+            dataset_kind(bad).inner(bad.partition(":")[2])
+
+
+def test_options_only_where_they_apply(voc, csv_dir):
+    with pytest.raises(InputError, match="count applies to mosaic, mosaic2, mosaic3 specs only"):
+        parse_dataset(f"voc2007:{voc}", count=3)
+    with pytest.raises(InputError, match="seed applies to mosaic"):
+        parse_dataset(f"csv:{csv_dir / 'labels.csv'}", seed=1)
+    with pytest.raises(InputError, match="classes_file applies to csv specs only"):
+        parse_dataset(f"voc2007:{voc}", classes_file=csv_dir / "labels.csv")
+    classes = csv_dir / "classes.txt"
+    classes.write_text("dog\ncat\nbird\nfish\n")
+    m = parse_dataset(f"mosaic:csv:{csv_dir / 'labels.csv'}", size=32, classes_file=classes)
+    assert m.classes == ["dog", "cat", "bird", "fish"]  # passed through to the inner csv
+    parse_dataset(f"voc2007:{voc}", size=224)  # the evaluation size is accepted everywhere
+
+
+def _many(folder, n):
+    """``folder/many.csv`` over n solid-colour images labelled c0..c4."""
+    for i in range(n):
+        _image(folder / f"{i}.png", (10 * i, 100, 200 - 5 * i), size=(12, 10))
+    (folder / "many.csv").write_text("image,labels\n" + "".join(f"{i}.png,c{i % 5}\n" for i in range(n)))
+    return folder / "many.csv"
+
+
+def test_every_kind_is_a_multilabel_dataset(voc, coco, csv_dir):
+    labels, many = csv_dir / "labels.csv", _many(csv_dir / "many", 24)
+    expected = {  # spec: (short_name, full_frame, size_dependent)
+        f"voc2007:{voc}@trainval": ("voc2007@trainval", True, False),
+        f"coco2014:{coco}": ("coco2014@val", True, False),
+        f"csv:{labels}": ("csv:labels.csv", False, False),
+        f"mosaic:csv:{many}": ("mosaic2x2(csv:many.csv)", True, True),
+        f"mosaic3:csv:{many}": ("mosaic3x3(csv:many.csv)", True, True),
+        f"subset:3:csv:{labels}": ("subset3(csv:labels.csv)", False, False),
+        f"subset:4:2:mosaic:csv:{many}": ("subset4@seed2(mosaic2x2(csv:many.csv))", True, True),
+    }
+    attributes = [name for name in MultiLabelDataset.__annotations__]
+    assert {"name", "short_name", "classes", "label_space", "full_frame", "size_dependent"} <= set(attributes)
+    for spec, (short, full_frame, size_dependent) in expected.items():
+        ds = parse_dataset(spec, size=32)
+        assert isinstance(ds, MultiLabelDataset), spec
+        assert all(name in vars(ds) or name in vars(type(ds)) for name in attributes), spec  # explicit
+        assert (ds.name, ds.short_name, ds.full_frame, ds.size_dependent) == (spec, short, full_frame,
+                                                                              size_dependent)
+        assert ds.size_dependent == is_size_dependent(spec)
+        val, test = ds.split(0.5, 0)
+        assert sorted(np.concatenate([val, test]).tolist()) == list(range(len(ds)))
+        assert ds.targets().shape == ds.ignore_mask().shape == (len(ds), len(ds.classes))
+        assert len({ds.image_id(i) for i in range(len(ds))}) == len(ds)
 
 
 # ------------------------------------------------------------------ COCO 2014
-def test_coco2014(tmp_path):
+COCO = {"categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
+        "images": [{"id": 7, "file_name": "b.jpg"}, {"id": 5, "file_name": "a.jpg"}, {"id": 9, "file_name": "c.jpg"}],
+        "annotations": [{"image_id": 5, "category_id": 18, "iscrowd": 0},
+                        {"image_id": 5, "category_id": 18, "iscrowd": 0},
+                        {"image_id": 7, "category_id": 1, "iscrowd": 1},   # crowd counts as positive
+                        {"image_id": 7, "category_id": 3, "iscrowd": 0}]}  # c.jpg: no annotations, kept
+
+
+@pytest.fixture
+def coco(tmp_path):
     root = tmp_path / "coco"
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         _image(root / "val2014" / name)
-    cats = [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
-    images = [{"id": 7, "file_name": "b.jpg"}, {"id": 5, "file_name": "a.jpg"},
-              {"id": 9, "file_name": "c.jpg"}]
-    anns = [{"image_id": 5, "category_id": 18, "iscrowd": 0},
-            {"image_id": 5, "category_id": 18, "iscrowd": 0},
-            {"image_id": 7, "category_id": 1, "iscrowd": 1},   # crowd counts as positive
-            {"image_id": 7, "category_id": 3, "iscrowd": 0}]   # c.jpg: no annotations, kept
     (root / "annotations").mkdir()
-    (root / "annotations" / "instances_val2014.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    ds = parse_dataset(f"coco2014:{root}")
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(COCO))
+    return root
+
+
+def test_coco2014(coco):
+    ds = parse_dataset(f"coco2014:{coco}")
     assert ds.classes == ["person", "car", "dog"] and ds.label_space == "coco2014"
+    assert ds.short_name == "coco2014@val" and ds.full_frame and not ds.size_dependent
     assert [ds.image_id(i) for i in range(len(ds))] == [
         "val2014/a.jpg", "val2014/b.jpg", "val2014/c.jpg"]
     assert ds.targets().tolist() == [[0, 0, 1], [1, 1, 0], [0, 0, 0]]
     assert not ds.ignore_mask().any()
     assert ds[2][0].mode == "RGB"
-    os.remove(root / "val2014" / "c.jpg")
-    with pytest.raises(FileNotFoundError, match="c.jpg"):
-        parse_dataset(f"coco2014:{root}")
+
+
+def _coco_json(change):
+    def apply(root):
+        data = json.loads(json.dumps(COCO))
+        change(data)
+        (root / "annotations" / "instances_val2014.json").write_text(json.dumps(data))
+    return apply
+
+
+COCO_BAD_FILES = {
+    "missing image": (lambda r: os.remove(r / "val2014" / "c.jpg"),
+                      MissingInputError, r"1 image\(s\) listed in .*val2014\.json are missing, first .*c\.jpg"),
+    "malformed JSON": (lambda r: (r / "annotations" / "instances_val2014.json").write_text('{"images": [\n{"id": 1,}'),
+                       InputError, r"instances_val2014\.json line 2 column \d+: malformed JSON"),
+    "unknown category": (_coco_json(lambda d: d["annotations"][1].update(category_id=99)),
+                         InputError, r"annotations\[1\] has category_id 99, which is not in 'categories'"),
+    "unknown image": (_coco_json(lambda d: d["annotations"][3].update(image_id=4)),
+                      InputError, r"annotations\[3\] refers to image_id 4, which is not in 'images'"),
+    "duplicate image id": (_coco_json(lambda d: d["images"][2].update(id=7)), InputError, r"image id 7 appears twice"),
+    "duplicate file name": (_coco_json(lambda d: d["images"][2].update(file_name="a.jpg")),
+                            InputError, r"image file_name 'a\.jpg' appears twice"),
+    "record without a field": (_coco_json(lambda d: d["categories"][0].pop("name")),
+                               InputError, r"categories\[0\] = .* lacks id / name"),
+    "no images list": (_coco_json(lambda d: d.pop("images")), InputError, r"has no list 'images'"),
+}
+
+
+@pytest.mark.parametrize("case", list(COCO_BAD_FILES))
+def test_coco2014_bad_files_give_one_clear_error(coco, case):
+    change, error, pattern = COCO_BAD_FILES[case]
+    parse_dataset(f"coco2014:{coco}")
+    change(coco)
+    with pytest.raises(error, match=pattern):
+        parse_dataset(f"coco2014:{coco}")
 
 
 # ------------------------------------------------------------------ CSV
@@ -146,6 +365,7 @@ def csv_dir(tmp_path):
 def test_csv_sorted_union_and_separators(csv_dir):
     ds = parse_dataset(f"csv:{csv_dir / 'labels.csv'}")
     assert ds.classes == ["bird", "cat", "dog"] and ds.label_space == "custom"
+    assert ds.short_name == "csv:labels.csv" and not ds.full_frame and not ds.size_dependent
     assert ds.targets().tolist() == [[0, 1, 1], [1, 0, 1], [0, 0, 0], [0, 1, 0]]
     assert ds.image_id(1) == "sub/y.jpg" and ds[1][0].mode == "RGB"
     assert not ds.ignore_mask().any()
@@ -155,30 +375,51 @@ def test_csv_sorted_union_and_separators(csv_dir):
         ds[2]
 
 
-def test_csv_classes_file_and_unknown_label(csv_dir):
+def test_csv_classes_file(csv_dir):
     classes = csv_dir / "classes.txt"
     classes.write_text("dog\ncat\nbird\nfish\n")
     ds = parse_dataset(f"csv:{csv_dir / 'labels.csv'}", classes_file=classes)
     assert ds.classes == ["dog", "cat", "bird", "fish"]
     assert ds.targets().tolist() == [[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0]]
-    classes.write_text("dog\ncat\n")
-    with pytest.raises(ValueError, match=r"row 3 .*'bird'"):
-        parse_dataset(f"csv:{csv_dir / 'labels.csv'}", classes_file=classes)
 
 
-def test_csv_requires_header(csv_dir):
-    (csv_dir / "bad.csv").write_text("x.png,cat\n")
-    with pytest.raises(ValueError, match="header"):
-        parse_dataset(f"csv:{csv_dir / 'bad.csv'}")
-    (csv_dir / "missing.csv").write_text("image,labels\nnope.png,cat\n")
-    with pytest.raises(FileNotFoundError, match="row 2"):
-        parse_dataset(f"csv:{csv_dir / 'missing.csv'}")
+CSV_BAD_FILES = {  # name: (file contents or None, classes file contents or None, error, pattern)
+    "no header": ("x.png,cat\n", None, InputError, r"header row 'image,labels'"),
+    "missing image": ("image,labels\nx.png,cat\nnope.png,cat\n", None, MissingInputError,
+                      r"row 3: image .*nope\.png not found"),
+    "duplicate image": ("image,labels\nx.png,cat\nw.png,dog\n./x.png,dog\n", None, InputError,
+                        r"rows 2 and 4: image './x\.png' listed twice"),
+    "unknown class": ("image,labels\nx.png,cat\nw.png,cat|bird\n", "dog\ncat\n", InputError,
+                      r"row 3 \(w\.png\): label 'bird' is not in the classes file"),
+    "malformed CSV": ('image,labels\nx.png,cat\n"w.png"x,cat\n', None, InputError,
+                      r"line 3: malformed CSV \(',' expected after '\"'\)"),
+    "not UTF-8": (b"image,labels\nx.png,caf\xe9\n", None, InputError, r"is not UTF-8 text"),
+    "empty image path": ("image,labels\n,cat\n", None, InputError, r"row 2: empty image path"),
+    "no rows": ("image,labels\n\n", None, InputError, r"lists no images"),
+    "duplicate class": ("image,labels\nx.png,cat\n", "cat\ndog\ncat\n", InputError,
+                        r"classes\.txt line 3: class 'cat' listed twice"),
+    "empty classes file": ("image,labels\nx.png,cat\n", "\n", InputError, r"classes\.txt is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_BAD_FILES))
+def test_csv_bad_files_give_one_clear_error(csv_dir, case):
+    text, classes, error, pattern = CSV_BAD_FILES[case]
+    path = csv_dir / "bad.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    kwargs = {}
+    if classes is not None:
+        (csv_dir / "classes.txt").write_text(classes)
+        kwargs["classes_file"] = csv_dir / "classes.txt"
+    with pytest.raises(error, match=pattern):
+        parse_dataset(f"csv:{path}", **kwargs)
+    with pytest.raises(MissingInputError, match="classes file .*nope.txt not found"):
+        parse_dataset(f"csv:{csv_dir / 'labels.csv'}", classes_file=csv_dir / "nope.txt")
 
 
 # ------------------------------------------------------------------ imagenet-real
 def _real():
     import timm
-    from pathlib import Path
     path = Path(timm.__file__).parent / "data" / "_info" / "imagenet_real_labels.json"
     return json.loads(path.read_text())
 
@@ -190,23 +431,27 @@ def test_imagenet_real_synthetic(tmp_path):
     empty = [n for n in range(1, 50001) if not real[n - 1]][:2]
     _image(tmp_path / f"ILSVRC2012_val_{multi:08d}.JPEG")
     _image(tmp_path / "deep" / "er" / f"ILSVRC2012_val_{single:08d}.png")
-    for n in empty:
+    for n in empty:  # no ReaL label: left out
         _image(tmp_path / f"ILSVRC2012_val_{n:08d}.jpg")
     _image(tmp_path / "not_a_val_image.jpg")
     ds = parse_dataset(f"imagenet-real:{tmp_path}")
-    assert len(ds) == 2 and ds.n_dropped == 2 and ds.label_space == "imagenet-1k"
+    assert len(ds) == 2 and ds.label_space == "imagenet-1k"
+    assert ds.short_name == "imagenet-real" and not ds.full_frame and not ds.size_dependent
     assert len(ds.classes) == 1000 and ds.classes[0].startswith("tench")
     got = {ds.image_id(i): sorted(np.flatnonzero(ds.targets()[i]).tolist()) for i in range(2)}
     assert got == {f"ILSVRC2012_val_{multi:08d}.JPEG": sorted(real[multi - 1]),
                    f"deep/er/ILSVRC2012_val_{single:08d}.png": sorted(real[single - 1])}
     image, target, ignore = ds[0]
     assert image.mode == "RGB" and target.shape == (1000,) and not ignore.any()
+    _image(tmp_path / "copy" / f"ILSVRC2012_val_{single:08d}.JPEG")
+    with pytest.raises(InputError, match=f"val image {single} found twice"):
+        parse_dataset(f"imagenet-real:{tmp_path}")
 
 
 # ------------------------------------------------------------------ mosaics
 def test_mosaic_determinism_and_union(csv_dir):
     spec = f"mosaic:csv:{csv_dir / 'labels.csv'}"
-    with pytest.raises(ValueError, match="size is required"):
+    with pytest.raises(InputError, match="size is required"):
         parse_dataset(spec)
     a = parse_dataset(spec, size=64, seed=3, count=5)
     b = parse_dataset(spec, size=64, seed=3, count=5)
@@ -247,8 +492,49 @@ def test_mosaic3_and_ignore(voc, tmp_path):
     m3 = parse_dataset(f"mosaic3:csv:{tmp_path / 'nine' / 'l.csv'}", size=60)
     assert len(m3) == 1 and m3.k == 3 and m3[0][0].size == (60, 60)
     assert m3.targets().tolist() == [[1] * 9]
-    with pytest.raises(ValueError, match="count applies to mosaic"):
-        parse_dataset(f"voc2007:{voc}", count=3)
+
+
+# ------------------------------------------------------------------ subsets
+def test_subset_is_fixed_and_fingerprints_its_ids(csv_dir):
+    many = _many(csv_dir / "many", 30)
+    full = parse_dataset(f"csv:{many}")
+    a = parse_dataset(f"subset:8:csv:{many}")
+    assert isinstance(a, Subset) and len(a) == 8 and a.classes == full.classes
+    assert a.fingerprint() == parse_dataset(f"subset:8:0:csv:{many}").fingerprint()  # seed 0 by default
+    rows = [int(Path(a.image_id(i)).stem) for i in range(8)]  # image i.png is row i of the csv
+    assert rows == sorted(set(rows)) and len(rows) == 8
+    assert np.array_equal(a.targets(), full.targets()[rows])
+    assert np.array_equal(a.ignore_mask(), full.ignore_mask()[rows])
+    assert np.array_equal(np.asarray(a[3][0]), np.asarray(full[rows[3]][0]))
+    b = parse_dataset(f"subset:8:1:csv:{many}")
+    assert {b.image_id(i) for i in range(8)} != {a.image_id(i) for i in range(8)}
+    assert b.fingerprint() != a.fingerprint()
+    assert parse_dataset(f"subset:9:csv:{many}").fingerprint() != a.fingerprint()
+    # the fingerprint follows the chosen files (and, conservatively, the whole inner dataset)
+    st = os.stat(full.paths[rows[0]])
+    os.utime(full.paths[rows[0]], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert parse_dataset(f"subset:8:csv:{many}").fingerprint() != a.fingerprint()
+    with pytest.raises(InputError, match=r"N=31 but csv:many\.csv has 30 images"):
+        parse_dataset(f"subset:31:csv:{many}")
+    with pytest.raises(InputError, match="N=0"):
+        parse_dataset(f"subset:0:csv:{many}")
+
+
+def test_subset_split_is_the_inner_split_restricted(csv_dir):
+    many = _many(csv_dir / "many", 40)
+    full, sub = parse_dataset(f"csv:{many}"), parse_dataset(f"subset:20:3:csv:{many}")
+    full_val = {full.image_id(i) for i in dataset_split(full, 0.5, 7)[0]}
+    val, test = dataset_split(sub, 0.5, 7)
+    assert len(val) + len(test) == 20 and not set(val) & set(test)
+    assert {sub.image_id(i) for i in val} == {sub.image_id(i) for i in range(20)} & full_val
+    # mosaics of a subset, and a subset of mosaics, keep val and test tile-disjoint
+    mosaic_of_subset = parse_dataset(f"mosaic:subset:20:3:csv:{many}", size=16)
+    subset_of_mosaic = parse_dataset(f"subset:6:mosaic:csv:{many}", size=16, count=10)
+    for ds, tiles in ((mosaic_of_subset, mosaic_of_subset.tiles),
+                      (subset_of_mosaic, lambda i: subset_of_mosaic.inner.tiles(int(subset_of_mosaic.indices[i])))):
+        v, t = dataset_split(ds, 0.5, 0)
+        assert len(v) and len(t)
+        assert not {j for i in v for j in tiles(i)} & {j for i in t for j in tiles(i)}
 
 
 # ------------------------------------------------------------------ split
@@ -279,7 +565,7 @@ def test_class_map_sanity():
     assert len(coco.classes) == 80 and coco.classes[:3] == ["person", "bicycle", "car"]
     assert "person" in coco.unmapped and "kite" in coco.unmapped  # ImageNet 'kite' is a bird
     assert sum(bool(m) for m in coco.members) == 80 - len(coco.unmapped)
-    with pytest.raises(ValueError, match="voc2007"):
+    with pytest.raises(InputError, match="shipped maps: .*voc2007"):
         load_class_map("imagenet-21k")
     r = coco.reorder(["dog", "person"])
     assert r.classes == ["dog", "person"] and r.unmapped == ["person"]
@@ -307,14 +593,54 @@ def test_map_scores_pooling():
         map_scores(probs, cmap, "mean")
 
 
+def test_class_map_for_uses_the_shipped_maps():
+    shipped = sorted(p.name[len("imagenet_to_"):-len(".json")] for p in
+                     (Path(__file__).parents[1] / "posthoc_csra" / "data").glob("imagenet_to_*.json"))
+    assert list(CLASS_MAP_SPACES) == shipped and {"voc2007", "coco2014"} <= set(shipped)
+
+    class Fake:  # only what class_map_for reads
+        def __init__(self, classes, label_space):
+            self.name, self.classes, self.label_space = "fake", classes, label_space
+
+    for space in CLASS_MAP_SPACES:
+        classes = list(reversed(load_class_map(space).classes))
+        cmap = class_map_for(1000, Fake(classes, space))
+        assert cmap.classes == classes and cmap.target_space == space
+        assert class_map_for(len(classes), Fake(classes, space)) is None
+    with pytest.raises(InputError, match=r"no class map .*shipped maps: imagenet-1k \(1000 classes\) to "
+                                         + ", ".join(CLASS_MAP_SPACES)):
+        class_map_for(1000, Fake(["a", "b"], "custom"))
+    with pytest.raises(InputError, match="no class map"):
+        class_map_for(20, Fake(["x"] * 80, "coco2014"))
+    from posthoc_csra import bench
+    assert bench.class_map_for is class_map_for  # the old import path keeps working
+
+
+def test_pool_members():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(5, 12)).astype(np.float32)
+    members = [[0, 3], [], [11], [2, 5, 7]]
+    mx, sm = pool_members(scores, members, "max"), pool_members(scores, members, "sum")
+    assert mx.shape == sm.shape == (5, 4) and mx.dtype == sm.dtype == np.float32
+    for k, m in enumerate(members):
+        if m:
+            np.testing.assert_array_equal(mx[:, k], scores[:, m].max(1))
+            np.testing.assert_allclose(sm[:, k], scores[:, m].sum(1), rtol=1e-6)
+        else:
+            assert np.isnan(mx[:, k]).all() and np.isnan(sm[:, k]).all()
+    assert pool_members(scores, [], "max").shape == (5, 0)
+    with pytest.raises(InputError, match="pool must be one of max, sum"):
+        pool_members(scores, members, "mean")
+
+
 # ------------------------------------------------------------------ real data
 def test_shared_imagenet_real(shared):
     root = shared / "data" / "imagenet-val-real" / "images"
     ds = parse_dataset(f"imagenet-real:{root}")
-    assert len(ds) == 509 and ds.n_dropped == 21
-    assert len(ds) + ds.n_dropped == len(list(root.iterdir())) == 530
-    assert (ds.targets().sum(1) > 1).sum() == 59 and (ds.targets().sum(1) >= 1).all()
     real = _real()
+    numbers = sorted(int(p.name.split("_")[-1].split(".")[0]) for p in root.iterdir())
+    assert len(numbers) == 530 and len(ds) == sum(bool(real[n - 1]) for n in numbers) == 509
+    assert (ds.targets().sum(1) > 1).sum() == 59 and (ds.targets().sum(1) >= 1).all()
     for i in (0, 100, 508):
         n = int(ds.image_id(i).split("_")[-1].split(".")[0])
         assert sorted(np.flatnonzero(ds.targets()[i]).tolist()) == sorted(real[n - 1])
@@ -324,8 +650,32 @@ def test_shared_imagenet_real(shared):
     assert len(m) == 509 // 4 and m[0][0].size == (224, 224)
 
 
+def test_shared_voc2007_trainval(shared):
+    """The real VOC2007 label files: every image of trainval.txt, labels as the files say."""
+    root = shared / "data" / "voc2007"
+    ds = parse_dataset(f"voc2007:{root}@trainval")
+    main = root / "VOC2007" / "ImageSets" / "Main"
+    ids = main.joinpath("trainval.txt").read_text().split()
+    assert len(ds) == len(ids) == len(list((root / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 2000
+    assert [ds.image_id(i) for i in range(len(ds))] == [f"JPEGImages/{i}.jpg" for i in ids]
+    positives, difficult = {}, {}
+    for k, cls in enumerate(VOC_CLASSES):  # an independent read of the label files
+        for line in main.joinpath(f"{cls}_trainval.txt").read_text().splitlines():
+            image, value = line.split()
+            (positives if value == "1" else difficult if value == "0" else {}).setdefault(image, set()).add(k)
+    t, g = ds.targets(), ds.ignore_mask()
+    for row, image in enumerate(ids):
+        assert set(np.flatnonzero(t[row])) == positives.get(image, set())
+        assert set(np.flatnonzero(g[row])) == difficult.get(image, set())
+    multi = int((t.sum(1) >= 2).sum())
+    print(f"voc2007 trainval: {len(ds)} images, {multi} with two or more classes, "
+          f"{int(t.sum())} positives, {int(g.sum())} difficult-only (ignored)")
+    assert multi == sum(len(v) >= 2 for v in positives.values()) == 774
+    assert ds.full_frame and ds.short_name == "voc2007@trainval"
+    assert ds[0][0].mode == "RGB"
+
+
 def test_mosaic_val_and_test_share_no_tile(small_csv_dataset):
-    from posthoc_csra.datasets import dataset_split
     mosaic = parse_dataset(f"mosaic:csv:{small_csv_dataset(20, 3)}", size=16, count=10)
     val, test = dataset_split(mosaic, 0.5, 0)
     assert len(val) == len(test) == 5
