@@ -10,6 +10,11 @@ Both counts come from one values-only sort of the (C, N) score matrix plus a
 binary search vectorised over all positives (no loop over classes or images);
 ignored entries are pushed to -inf and clamped out of the counts, so they leave
 the ranking entirely.
+
+F1 comes as P/R/F1 per class (macro: CP, CR, CF1) and over all entries (micro: OP, OR, OF1) for
+predictions made by a threshold (``f1_scores``) or by the k highest scores of each image
+(``topk_f1_scores``); ``best_f1_threshold`` picks the threshold that maximises OF1 on given
+(validation) scores, to be applied unchanged to other data.
 """
 from __future__ import annotations
 
@@ -17,13 +22,15 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "average_precision",
-    "mean_average_precision",
     "average_precision_sweep",
     "f1_scores",
-    "topk_accuracy",
-    "real_accuracy",
+    "topk_predictions",
+    "topk_f1_scores",
+    "best_f1_threshold",
 ]
 
 
@@ -124,12 +131,6 @@ def average_precision(scores, targets, ignore=None) -> np.ndarray:
     return rk.scatter(rk.ap(np.ascontiguousarray(s.T[rk.cls])))
 
 
-def mean_average_precision(scores, targets, ignore=None) -> float:
-    """mAP in [0, 1]: mean AP over classes with at least one positive (NaN if none)."""
-    ap = average_precision(scores, targets, ignore)
-    return float(np.mean(ap[~np.isnan(ap)])) if (~np.isnan(ap)).any() else float("nan")
-
-
 def average_precision_sweep(base, att, lams, targets, ignore=None) -> np.ndarray:
     """AP (L, C) of ``base + lam * att`` for each lam; base, att (N, C), lams (L,).
 
@@ -165,67 +166,104 @@ def _f1(p, r) -> float:
     return float(_ratio(2 * p * r, p + r))
 
 
-def f1_scores(scores, targets, threshold=0.5, ignore=None) -> Dict[str, float]:
-    """Multi-label P/R/F1 of predictions ``scores >= threshold`` (scalar or (C,)).
+def _prf(pred: np.ndarray, pos: np.ndarray, positive_classes: bool) -> Dict[str, float]:
+    """CP, CR, CF1 (macro) and OP, OR, OF1 (micro) of predictions pred vs positives pos, both (N, C) bool."""
+    tp = (pred & pos).sum(0)
+    n_pred, n_pos = pred.sum(0), pos.sum(0)
+    cls = n_pos > 0 if positive_classes else slice(None)
+    if positive_classes and not cls.any():
+        cp = cr = float("nan")
+    else:
+        cp, cr = float(_ratio(tp[cls], n_pred[cls]).mean()), float(_ratio(tp[cls], n_pos[cls]).mean())
+    op, orec = float(_ratio(tp.sum(), n_pred.sum())), float(_ratio(tp.sum(), n_pos.sum()))
+    cf1 = float("nan") if np.isnan(cp) else _f1(cp, cr)
+    return {"CP": cp, "CR": cr, "CF1": cf1, "OP": op, "OR": orec, "OF1": _f1(op, orec)}
 
-    scores, targets, ignore (N, C); ignored entries are excluded. Per class
-    (macro, over all C classes, 0 for an empty denominator like sklearn's
-    ``zero_division=0``): CP, CR and CF1 = 2·CP·CR/(CP+CR). Overall (micro): OP, OR, OF1.
+
+def _check_no_nan(s: np.ndarray, ign: Optional[np.ndarray]) -> None:
+    nan = np.isnan(s)
+    if (nan.any() if ign is None else (nan & ~ign).any()):
+        raise ValueError("scores contain NaN")
+
+
+def f1_scores(scores, targets, threshold, ignore=None, positive_classes: bool = False) -> Dict[str, float]:
+    """Multi-label P/R/F1 of predictions ``scores >= threshold`` (scalar or (C,)); fractions in [0, 1].
+
+    scores, targets, ignore (N, C); ignored entries are neither predictions nor positives. Per class
+    (macro, 0 for an empty denominator like sklearn's ``zero_division=0``): CP, CR and
+    CF1 = 2·CP·CR/(CP+CR), averaged over all C classes, or with ``positive_classes`` over the classes
+    with at least one (non-ignored) positive (NaN if none). Overall (micro, every entry): OP, OR, OF1.
     """
     s = _float_scores(scores)
     pos, ign = _masks(targets, ignore, s.shape)
     pred = s >= _np(threshold)
     if ign is not None:
-        pred = pred & ~ign
-    tp = (pred & pos).sum(0)
-    n_pred, n_pos = pred.sum(0), pos.sum(0)
-    cp, cr = float(_ratio(tp, n_pred).mean()), float(_ratio(tp, n_pos).mean())
-    op, orec = float(_ratio(tp.sum(), n_pred.sum())), float(_ratio(tp.sum(), n_pos.sum()))
-    return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": orec, "OF1": _f1(op, orec)}
+        pred &= ~ign
+    return _prf(pred, pos, positive_classes)
 
 
-def _rank_of(s: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N,) position of each label in a descending, lower-index-first ordering of s (N, C)."""
-    own = np.take_along_axis(s, labels[:, None], axis=1)
-    before = np.arange(s.shape[1])[None, :] < labels[:, None]
-    return (s > own).sum(1) + ((s == own) & before).sum(1)
+def topk_predictions(scores, k: int, ignore=None) -> np.ndarray:
+    """(N, C) bool: the k highest non-ignored scores of each image of scores (N, C).
 
-
-def topk_accuracy(scores, labels, k: int = 1) -> float:
-    """Fraction of images (N,) whose int label is among the top k of scores (N, C).
-
-    Ties go to the lower class index, so k=1 agrees with ``argmax``.
+    Ties at the k-th score go to the lower class index; an image with fewer than k non-ignored
+    entries predicts all of them.
     """
     s = _float_scores(scores)
-    y = _np(labels).astype(np.int64).reshape(-1)
-    if s.ndim != 2 or len(y) != len(s):
-        raise ValueError(f"scores (N, C) and labels (N,) expected, got {s.shape}, {y.shape}")
-    if not len(y):
-        return float("nan")
-    return float((_rank_of(s, y) < k).mean())
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (N, C), got {s.shape}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise InputError(f"top-k predictions: k must be a positive integer, got {k!r}")
+    ign = None if ignore is None else _np(ignore).astype(bool, copy=False)
+    _check_no_nan(s, ign)
+    c = s.shape[1]
+    k = min(int(k), c)
+    if ign is not None:
+        s = np.where(ign, -np.inf, s)
+    if not s.size:
+        return np.zeros(s.shape, bool)
+    kth = np.partition(s, c - k, axis=1)[:, c - k, None]  # (N, 1) k-th highest score
+    above = s > kth
+    tie = s == kth if ign is None else (s == kth) & ~ign
+    need = k - above.sum(1, keepdims=True)  # how many of the tied entries still fit
+    return above | (tie & (np.cumsum(tie, axis=1) <= need))
 
 
-def real_accuracy(scores, real_label_sets) -> float:
-    """ImageNet-ReaL accuracy: top-1 (argmax) of scores (N, C) is in the image's ReaL set.
+def topk_f1_scores(scores, targets, k: int = 3, ignore=None, positive_classes: bool = False) -> Dict[str, float]:
+    """P/R/F1 (as ``f1_scores``) when each image predicts its k highest scores (``topk_predictions``).
 
-    real_label_sets: N iterables of ints, or an (N, C) bool matrix. Images with an
-    empty set are excluded; NaN if none remain.
+    Ignored entries are excluded: never predicted, never positives.
     """
     s = _float_scores(scores)
-    pred = s.argmax(1)
-    if (isinstance(real_label_sets, np.ndarray) or hasattr(real_label_sets, "detach")) \
-            and _np(real_label_sets).ndim == 2:
-        m = _np(real_label_sets).astype(bool)
-        if m.shape != s.shape:
-            raise ValueError(f"label matrix {m.shape} != scores {s.shape}")
-        valid, hit = m.any(1), m[np.arange(len(s)), pred]
-    else:
-        sets = [np.asarray(list(x), np.int64).reshape(-1) for x in real_label_sets]
-        if len(sets) != len(s):
-            raise ValueError(f"{len(sets)} label sets for {len(s)} images")
-        lengths = np.array([len(x) for x in sets], np.int64)
-        flat = np.concatenate(sets) if sets else np.zeros(0, np.int64)
-        img = np.repeat(np.arange(len(s)), lengths)
-        valid = lengths > 0
-        hit = np.bincount(img, weights=flat == pred[img], minlength=len(s)) > 0
-    return float(hit[valid].mean()) if valid.any() else float("nan")
+    pos, _ = _masks(targets, ignore, s.shape)
+    return _prf(topk_predictions(s, k, ignore), pos, positive_classes)
+
+
+def best_f1_threshold(scores, targets, ignore=None) -> float:
+    """The threshold t whose predictions ``scores >= t`` maximise the micro F1 (OF1) of scores (N, C).
+
+    Ignored entries are left out. One sort of all N·C scores; candidate cuts are the distinct
+    scores of positives (adding only negatives never raises F1). Among equal F1 the higher cut wins
+    (fewer predictions); t is the midpoint between the chosen score and the next lower distinct
+    score (the chosen score itself when none is lower, or when the midpoint is not strictly between
+    them in the scores' dtype). ``math.inf`` when there is no positive.
+    """
+    s = _float_scores(scores)
+    pos, ign = _masks(targets, ignore, s.shape)
+    _check_no_nan(s, ign)
+    values = s[~ign] if ign is not None else s.ravel()
+    positives, counts = np.unique(s[pos], return_counts=True)  # ascending distinct scores of positives
+    if not len(positives):
+        return float("inf")
+    ranked = np.sort(values)
+    n_ge = len(ranked) - np.searchsorted(ranked, positives, side="left")  # entries scored >= cut
+    tp_ge = np.cumsum(counts[::-1])[::-1]  # positives scored >= cut
+    f1 = 2 * tp_ge / (n_ge + counts.sum()).astype(np.float64)
+    best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # last maximum = the highest cut
+    cut = positives[best]
+    below = int(np.searchsorted(ranked, cut, side="left"))
+    if below == 0:
+        return float(cut)
+    lower = ranked[below - 1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid = lower + (cut - lower) / s.dtype.type(2)
+    return float(mid if lower < mid <= cut else cut)

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-from posthoc_csra.metrics import (average_precision, average_precision_sweep, f1_scores,
-                                  mean_average_precision, real_accuracy, topk_accuracy)
+from posthoc_csra.errors import InputError
+from posthoc_csra.metrics import (average_precision, average_precision_sweep, best_f1_threshold, f1_scores,
+                                  topk_f1_scores, topk_predictions)
 
 
 def _sklearn_ap(scores, targets, ignore=None):
@@ -70,17 +71,15 @@ def test_ap_hand_examples():
     np.testing.assert_allclose(average_precision(s2, t2), [(1 + 0.5) / 2], atol=1e-12)
 
 
-def test_classes_without_positives_are_nan_and_left_out_of_mean():
+def test_classes_without_positives_are_nan():
     scores, targets, rng = _data(3)
     ignore = np.zeros(targets.shape, bool)
     targets[:, 4] = False  # no positives at all
     ignore[:, 7] = targets[:, 7]  # positives exist but all are ignored
     ap = average_precision(scores, targets, ignore)
     assert np.isnan(ap[4]) and np.isnan(ap[7]) and np.isnan(ap).sum() == 2
-    ref = _sklearn_ap(scores, targets, ignore)
-    assert mean_average_precision(scores, targets, ignore) == pytest.approx(np.nanmean(ref), abs=1e-9)
-    assert 0 <= mean_average_precision(scores, targets, ignore) <= 1
-    assert np.isnan(mean_average_precision(scores, np.zeros_like(targets)))
+    np.testing.assert_allclose(ap, _sklearn_ap(scores, targets, ignore), rtol=0, atol=1e-9)
+    assert np.isnan(average_precision(scores, np.zeros_like(targets))).all()
 
 
 def test_nan_scores_raise():
@@ -165,32 +164,117 @@ def test_f1_matches_sklearn_without_ignore():
         targets, pred, average="micro", zero_division=0)[2], abs=1e-12)
 
 
-def test_topk_accuracy():
-    scores = np.array([[0.1, 0.7, 0.2],
-                       [0.5, 0.5, 0.0],   # tie: lower index ranks first
-                       [0.3, 0.3, 0.4]])
-    labels = np.array([1, 1, 0])
-    assert topk_accuracy(scores, labels, k=1) == pytest.approx(1 / 3)
-    assert topk_accuracy(scores, labels, k=2) == pytest.approx(1.0)
-    assert topk_accuracy(scores, np.array([1, 0, 2]), k=1) == pytest.approx(1.0)
-    rng = np.random.default_rng(8)
-    s, y = rng.standard_normal((100, 10)), rng.integers(0, 10, 100)
-    assert topk_accuracy(s, y, 1) == pytest.approx(np.mean(s.argmax(1) == y))
-    top5 = np.argsort(-s, axis=1)[:, :5]
-    assert topk_accuracy(s, y, 5) == pytest.approx(np.mean((top5 == y[:, None]).any(1)))
-    assert topk_accuracy(s, y, 10) == 1.0
+def _sklearn_prf(targets, pred, ignore=None, positive_classes=False):
+    """Reference CP, CR, OP, OR: sklearn per class on the non-ignored entries (macro), and micro over them."""
+    keep = np.ones(targets.shape, bool) if ignore is None else ~ignore
+    t, p = targets & keep, pred & keep  # an ignored entry is neither positive nor predicted
+    labels = np.flatnonzero(t.any(0)) if positive_classes else None
+    cp, cr, _, _ = precision_recall_fscore_support(t, p, average="macro", labels=labels, zero_division=0)
+    op, orec, of1, _ = precision_recall_fscore_support(t, p, average="micro", zero_division=0)
+    return {"CP": cp, "CR": cr, "CF1": 2 * cp * cr / (cp + cr) if cp + cr else 0.0,
+            "OP": op, "OR": orec, "OF1": of1}
 
 
-def test_real_accuracy():
-    scores = np.array([[0.9, 0.1, 0.0],
-                       [0.2, 0.8, 0.0],
-                       [0.1, 0.2, 0.7],
-                       [0.6, 0.3, 0.1]])
-    sets = [{0, 2}, [0], [], (1, 2)]  # hit, miss, excluded, miss (pred 0)
-    assert real_accuracy(scores, sets) == pytest.approx(1 / 3)
-    mask = np.zeros(scores.shape, bool)
-    for i, s in enumerate(sets):
-        mask[i, list(s)] = True
-    assert real_accuracy(scores, mask) == pytest.approx(1 / 3)
-    assert real_accuracy(scores, [[0], [1], [2], [0]]) == 1.0
-    assert np.isnan(real_accuracy(scores, [[], [], [], []]))
+def _brute_topk(scores, k, ignore=None):
+    """Per image: non-ignored entries by descending score, lower class index first among ties."""
+    pred = np.zeros(scores.shape, bool)
+    for i, row in enumerate(scores):
+        cand = [c for c in range(len(row)) if ignore is None or not ignore[i, c]]
+        cand.sort(key=lambda c: (-row[c], c))
+        pred[i, cand[:k]] = True
+    return pred
+
+
+@pytest.mark.parametrize("decimals, with_ignore", [(None, False), (1, True), (0, True)])
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_topk_predictions_match_brute_force(decimals, with_ignore, k):
+    scores, targets, rng = _data(9, n=60, c=12, decimals=decimals)
+    ignore = rng.random(scores.shape) < 0.3 if with_ignore else None
+    if with_ignore:
+        ignore[0, :-2] = True  # fewer than k non-ignored entries: all of them are predicted
+    pred = topk_predictions(scores, k, ignore)
+    np.testing.assert_array_equal(pred, _brute_topk(scores, k, ignore))
+    expected = np.minimum(k, 12 if ignore is None else (~ignore).sum(1))
+    np.testing.assert_array_equal(pred.sum(1), expected)
+
+
+def test_topk_predictions_ties_and_bad_k():
+    s = np.array([[0.5, 0.5, 0.5, 0.1], [0.2, 0.9, 0.9, 0.9], [-np.inf, -np.inf, 1.0, -np.inf]])
+    np.testing.assert_array_equal(topk_predictions(s, 2), [[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 0]])
+    np.testing.assert_array_equal(topk_predictions(s, 9), np.ones(s.shape, bool))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="k must be"):
+            topk_predictions(s, bad)
+    with pytest.raises(ValueError, match="NaN"):
+        topk_predictions(np.array([[np.nan, 1.0]]), 1)
+    # a NaN in an ignored entry does not matter
+    np.testing.assert_array_equal(topk_predictions(np.array([[np.nan, 1.0, 0.0]]), 1,
+                                                   np.array([[True, False, False]])), [[0, 1, 0]])
+
+
+@pytest.mark.parametrize("decimals, with_ignore", [(None, False), (1, True)])
+@pytest.mark.parametrize("positive_classes", [False, True])
+def test_topk_f1_matches_sklearn(decimals, with_ignore, positive_classes):
+    scores, targets, rng = _data(10, n=150, c=15, decimals=decimals)
+    targets[:, 2] = False  # a class without positives
+    ignore = rng.random(scores.shape) < 0.1 if with_ignore else None
+    got = topk_f1_scores(scores, targets, 3, ignore, positive_classes=positive_classes)
+    ref = _sklearn_prf(targets, _brute_topk(scores, 3, ignore), ignore, positive_classes)
+    assert got == pytest.approx(ref, abs=1e-12)
+    assert got["CR"] != pytest.approx(topk_f1_scores(scores, targets, 3, ignore, not positive_classes)["CR"])
+
+
+def _brute_best_threshold(scores, targets, ignore=None):
+    """(best OF1, prediction mask) over every cut at a distinct non-ignored score, plus predicting nothing."""
+    keep = np.ones(targets.shape, bool) if ignore is None else ~ignore
+    best, best_pred = 0.0, np.zeros(targets.shape, bool)
+    for cut in np.sort(np.unique(scores[keep]))[::-1]:  # descending: the first maximum is the highest cut
+        pred = (scores >= cut) & keep
+        of1 = _sklearn_prf(targets, pred, ignore)["OF1"]
+        if of1 > best:
+            best, best_pred = of1, pred
+    return best, best_pred
+
+
+@pytest.mark.parametrize("decimals, with_ignore, dtype", [(None, False, np.float64), (1, True, np.float64),
+                                                          (0, True, np.float32), (None, True, np.float32)])
+def test_best_f1_threshold_matches_brute_force(decimals, with_ignore, dtype):
+    scores, targets, rng = _data(11, n=40, c=10, decimals=decimals, dtype=dtype, rate=0.3)
+    ignore = rng.random(scores.shape) < 0.15 if with_ignore else None
+    t = best_f1_threshold(scores, targets, ignore)
+    best, pred = _brute_best_threshold(scores, targets, ignore)
+    keep = np.ones(targets.shape, bool) if ignore is None else ~ignore
+    np.testing.assert_array_equal((scores >= t) & keep, pred)  # the same predictions as the best cut
+    assert f1_scores(scores, targets, t, ignore)["OF1"] == pytest.approx(best, abs=1e-12)
+    # t lies strictly between the lowest predicted score and the highest unpredicted one
+    lowest_in, highest_out = scores[pred].min(), scores[~pred & keep].max()
+    assert highest_out < t < lowest_in and t == pytest.approx((lowest_in + highest_out) / 2, rel=1e-6)
+
+
+def test_best_f1_threshold_edges():
+    s = np.array([[0.9, 0.1], [0.8, 0.7]])
+    # all entries positive: predicting everything wins; nothing is lower, so t is the lowest score
+    assert best_f1_threshold(s, np.ones(s.shape, bool)) == pytest.approx(0.1)
+    assert best_f1_threshold(s, np.zeros(s.shape, bool)) == np.inf
+    # one positive on top: the cut is between 0.9 and 0.8; a tie with a negative is predicted together
+    assert best_f1_threshold(s, np.array([[1, 0], [0, 0]])) == pytest.approx(0.85)
+    tied = np.array([[0.9, 0.9], [0.1, 0.2]])
+    assert best_f1_threshold(tied, np.array([[1, 0], [0, 0]])) == pytest.approx(0.55)
+    # adjacent float32 values: no float32 strictly between them, so t is the chosen score itself
+    lo = np.float32(1.0)
+    hi = np.nextafter(lo, np.float32(2))
+    t = best_f1_threshold(np.array([[hi, lo]], np.float32), np.array([[1, 0]]))
+    assert t == float(hi)
+    with pytest.raises(ValueError, match="NaN"):
+        best_f1_threshold(np.array([[np.nan, 1.0]]), np.array([[0, 1]]))
+
+
+def test_f1_positive_classes_matches_sklearn_labels():
+    scores, targets, rng = _data(12, n=120, c=9)
+    targets[:, [1, 5]] = False
+    ignore = rng.random(scores.shape) < 0.1
+    for positive_classes in (False, True):
+        got = f1_scores(scores, targets, 0.6, ignore, positive_classes=positive_classes)
+        assert got == pytest.approx(_sklearn_prf(targets, scores >= 0.6, ignore, positive_classes), abs=1e-12)
+    none = f1_scores(scores, np.zeros_like(targets), 0.6, positive_classes=True)
+    assert np.isnan(none["CF1"]) and none["OF1"] == 0

@@ -1,0 +1,229 @@
+"""The benchmark's metric rows, from cached statistics alone (numpy here; pandas imported when a table is built).
+
+For every score space, ``evaluate_stats`` scores the images with each *method* — the model itself,
+the CSRA rule at every (heads, λ), and each pooling baseline whose scores the statistics hold — and
+reports, per split, mAP and F1 the way the multi-label literature does for models that were not
+trained with sigmoids: top-3 F1 (each image predicts its 3 highest scores) on every row, and F1 at a
+threshold chosen on the validation half (never a fixed default) when ``select_on="val"``.
+``COLUMN_HELP`` says what every column of the benchmark table means (the CLI and README render it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .baselines import BASELINES
+from .classmaps import POOLS, pool_members
+from .errors import InputError
+from .metrics import average_precision, average_precision_sweep, best_f1_threshold, f1_scores, topk_f1_scores
+from .spaces import get_space
+from .spec import SPACES, STAT_TEMPERATURES, check_lam, resolve_temperatures
+
+#: Top-k F1: each image predicts its TOPK highest-scoring classes.
+TOPK = 3
+
+#: Every column of the benchmark table, in table order, with its one-line meaning.
+COLUMN_HELP: Dict[str, str] = {
+    "model": "timm model name",
+    "weights": "where the model's weights came from (e.g. manifest:NAME, a checkpoint file, the HF hub, random)",
+    "dataset": "the dataset's short name (e.g. voc2007@trainval, imagenet-real, mosaic2x2(imagenet-real))",
+    "dataset_spec": "the --dataset spec the rows were computed from (KIND:PATH)",
+    "img_size": "input size in pixels (square) the model was evaluated at",
+    "preprocessing": "how images were fed to the model: its own timm preprocessing with centre crop, or, for "
+                     "full-frame datasets (VOC, COCO, mosaics), the whole image resized to img_size",
+    "split": "the images of the row: all, or with --select-on val the validation half (val) or the "
+             "disjoint test half (test)",
+    "n_images": "images in the split",
+    "n_classes": "classes with at least one (non-ignored) positive in the split: mAP and CF1 average over these",
+    "method": "model: the model's own scores; csra: the CSRA rule at lam with heads; max-pool, avgmax-pool, "
+              "test-time-pool: timm's training-free pooling baselines from the same backbone pass",
+    "space": "what is ranked: logit (the model's logits, the paper's rule) or prob (softmax probabilities)",
+    "heads": "csra only: number of heads (the paper's temperature sets) or the explicit temperatures",
+    "lam": "csra only: λ, the weight of the residual attention (0 reproduces the model)",
+    "selected": "with --select-on val: True on the val and test rows of the choice with the best val mAP per "
+                "method and space (csra: over heads × λ, ties → smaller λ, then fewer heads); report its "
+                "test row",
+    "mAP": "mean average precision in % (non-interpolated per-class AP, mean over n_classes)",
+    "delta": "mAP minus the model's own mAP on the same split and space, in percentage points",
+    f"CF1@top{TOPK}": f"per-class F1 in % (macro over n_classes), each image predicting its {TOPK} "
+                      f"highest-scoring classes",
+    f"OF1@top{TOPK}": f"overall F1 in % (micro over every image and class), each image predicting its {TOPK} "
+                      f"highest-scoring classes",
+    "threshold": "with --select-on val: the score threshold t (in the space's units) that maximises OF1 on "
+                 "the val split for this method, space, heads and λ; empty otherwise",
+    "CF1@t": "per-class F1 in % (macro over n_classes) predicting score >= threshold (t from val, applied "
+             "unchanged to test); empty without --select-on val",
+    "OF1@t": "overall F1 in % (micro) predicting score >= threshold; empty without --select-on val",
+    "pool": "ImageNet model on VOC/COCO classes: how a class map pools member classes into a dataset class "
+            "(prob: --pool max or sum; logit: always max); empty without a class map",
+    "exact": "True when the per-location path is exact for this head (mean of per-location logits = model "
+             "logits); False: an approximation",
+    "seconds": "wall time to compute (or load) the statistics of this model, dataset and size",
+    "cached": "True when the statistics came from the cache (no backbone pass)",
+    "error": "why this model or dataset gave no metrics (its other metric columns are empty)",
+}
+#: Column order of the benchmark table.
+COLUMNS: List[str] = list(COLUMN_HELP)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One split's images: ``rows`` into the N images, targets and ignore (n, C) bool."""
+
+    rows: object  # slice or index array
+    targets: np.ndarray
+    ignore: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        """Classes with a (non-ignored) positive: the classes mAP and CF1 average over."""
+        return int((self.targets & ~self.ignore).any(0).sum())
+
+
+def _split_metrics(scores: np.ndarray, splits: Dict[str, _Split], aps: Optional[Dict[str, np.ndarray]] = None):
+    """Per split: the metric fields of one scoring (N, K). aps: per split AP (K,), computed when None.
+
+    With a "val" split, the OF1-maximising threshold is chosen on it and applied to every split.
+    """
+    t = math.nan
+    val = splits.get("val")
+    if val is not None and val.n_classes:
+        t = best_f1_threshold(scores[val.rows], val.targets, val.ignore)
+    out = []
+    for name, sp in splits.items():
+        s = scores[sp.rows]
+        ap = aps[name] if aps is not None else average_precision(s, sp.targets, sp.ignore)
+        n_classes = sp.n_classes
+        top = topk_f1_scores(s, sp.targets, TOPK, sp.ignore, positive_classes=True)
+        at = (f1_scores(s, sp.targets, t, sp.ignore, positive_classes=True) if not math.isnan(t)
+              else {"CF1": math.nan, "OF1": math.nan})
+        out.append({"split": name, "n_images": len(s), "n_classes": n_classes,
+                    "mAP": 100 * float(np.nanmean(ap)) if n_classes else math.nan,
+                    f"CF1@top{TOPK}": 100 * top["CF1"], f"OF1@top{TOPK}": 100 * top["OF1"],
+                    "threshold": t, "CF1@t": 100 * at["CF1"], "OF1@t": 100 * at["OF1"]})
+    return out
+
+
+def _csra_metrics(base, att, lams: Sequence[float], n_heads: int, members, member_pool, splits):
+    """Per λ: ``_split_metrics`` of ``base + (λ/H)·att`` (N, C), class-pooled after the rule."""
+    linear = members is None or member_pool == "sum"  # sum pooling commutes with the rule: pool first
+    if linear and members is not None:
+        base, att = pool_members(base, members, "sum"), pool_members(att, members, "sum")
+    dtype = np.result_type(base, att)
+    scale = np.asarray(lams, np.float64) / n_heads
+    aps = ({name: average_precision_sweep(base[sp.rows], att[sp.rows], scale, sp.targets, sp.ignore)
+            for name, sp in splits.items()} if linear else None)
+    for i, lam in enumerate(scale):
+        s = base + dtype.type(lam) * att if lam else base  # what the sweep ranks, to the bit
+        if not linear:
+            s = pool_members(s, members, member_pool)
+        yield _split_metrics(s, splits, None if aps is None else {k: v[i] for k, v in aps.items()})
+
+
+def _stat(stats, key: str) -> np.ndarray:
+    if key not in stats:
+        raise InputError(f"the statistics have no {key!r} array (they hold {sorted(stats)}); recompute them "
+                         f"with this version (clear the statistics cache)")
+    return np.asarray(stats[key])
+
+
+def _heads_label(heads, temps):
+    return heads if isinstance(heads, int) else ",".join(f"{t:g}" for t in temps)
+
+
+def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES, *, class_map=None,
+                   pool: str = "max", select_on: Optional[str] = None, val_fraction: float = 0.5,
+                   split_seed: int = 0, split=None):
+    """Metric rows (columns of ``COLUMNS`` from split to pool) from cached statistics alone.
+
+    stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, 8, C) at ``STAT_TEMPERATURES``, and
+    optionally ``{space}@{method}`` (N, C) per pooling baseline (all-NaN: the baseline does not apply).
+    targets, ignore: (N, C_dataset); class_map: a ``classmaps.ClassMap`` from the model's classes to the
+    dataset's (its unmapped classes are left out). lams: λ values (0 is always added); heads_list: paper
+    head counts or tuples of temperatures. select_on="val": rows for a val and a test split (``split``
+    = (val_idx, test_idx), else ``datasets.split_indices(N, val_fraction, split_seed)``), with
+    ``selected`` and val-chosen thresholds.
+    """
+    import pandas as pd
+
+    if pool not in POOLS:
+        raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if select_on not in (None, "val"):
+        raise InputError(f"select_on must be None or 'val', got {select_on!r}")
+    lams = sorted({check_lam(lam) for lam in lams} | {0.0})
+    targets, ignore = np.asarray(targets) > 0, np.asarray(ignore, bool)
+    members = None
+    if class_map is not None:
+        mapped = class_map.mapped
+        members = [m for m, ok in zip(class_map.members, mapped) if ok]
+        targets, ignore = targets[:, mapped], ignore[:, mapped]
+    n = len(targets)
+    if select_on == "val":
+        if split is None:
+            from .datasets import split_indices
+            split = split_indices(n, val_fraction, split_seed)
+        parts = dict(zip(("val", "test"), split))
+    else:
+        parts = {"all": slice(None)}
+    splits = {name: _Split(rows, targets[rows], ignore[rows]) for name, rows in parts.items()}
+    heads_sets = [(h, resolve_temperatures(h)) for h in heads_list]
+    for heads, temps in heads_sets:
+        if any(t not in STAT_TEMPERATURES for t in temps):
+            raise InputError(f"heads {heads}: the statistics hold T in {STAT_TEMPERATURES} only")
+
+    rows: List[dict] = []
+
+    def add(config: dict, per_split: list) -> None:
+        config_id = len(rows) // len(splits)
+        rows.extend({**config, **m, "_config": config_id} for m in per_split)
+
+    for space_name in spaces:
+        space = get_space(space_name)
+        member_pool = None if members is None else space.member_pool(pool)
+        base, att = _stat(stats, f"{space.name}_base"), _stat(stats, f"{space.name}_att")
+        if base.shape[0] != n or (members is None and base.shape[1] != targets.shape[1]):
+            raise InputError(f"statistics {base.shape} do not match targets {targets.shape}")
+
+        def pooled(scores):
+            return scores if members is None else pool_members(scores, members, member_pool)
+
+        common = dict(space=space.name, pool=member_pool)
+        add(dict(method="model", heads=None, lam=math.nan, _n_heads=0, **common),
+            _split_metrics(pooled(base), splits))
+        for heads, temps in heads_sets:
+            att_h = att[:, [STAT_TEMPERATURES.index(t) for t in temps]].sum(axis=1)
+            label = _heads_label(heads, temps)
+            for lam, per_split in zip(lams, _csra_metrics(base, att_h, lams, len(temps), members, member_pool,
+                                                          splits)):
+                add(dict(method="csra", heads=label, lam=lam, _n_heads=len(temps), **common), per_split)
+        for method in BASELINES:
+            key = f"{space.name}@{method}"
+            scores = np.asarray(stats[key]) if key in stats else None
+            if scores is None or np.isnan(scores).all():  # absent, or all-NaN: not applicable to this model
+                continue
+            add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, **common),
+                _split_metrics(pooled(scores), splits))
+
+    df = pd.DataFrame(rows)
+    model = df[df["method"] == "model"].set_index(["split", "space"])["mAP"]
+    df["delta"] = df["mAP"].to_numpy() - model.reindex(pd.MultiIndex.from_frame(df[["split", "space"]])).to_numpy()
+    df["selected"] = pd.array([pd.NA] * len(df), dtype="boolean")
+    if select_on == "val":
+        df["selected"] = _selected(df)
+    df = df[[c for c in COLUMNS if c in df.columns]]
+    return df.reset_index(drop=True)
+
+
+def _selected(df):
+    """(rows,) bool: the val and test rows of the best val-mAP configuration per (method, space)."""
+    val = df[(df["split"] == "val") & df["mAP"].notna()]
+    order = val.sort_values(["mAP", "lam", "_n_heads", "_config"], ascending=[False, True, True, True],
+                            kind="stable")
+    best = order.groupby(["method", "space"], sort=False)["_config"].first()
+    return df["_config"].isin(best.to_numpy()).to_numpy()
+
+
+__all__ = ["COLUMN_HELP", "COLUMNS", "TOPK", "evaluate_stats"]
