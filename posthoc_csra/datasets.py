@@ -332,8 +332,8 @@ def _voc_label_files(root: Path, split: str, split_file: Path, ids: list[str]) -
                 extra.append(image)
         missing = [image for image in ids if image not in seen]
         if missing or extra:
-            parts = ([f"{len(missing)} image(s) of the split missing (first {missing[0]})"] if missing else []) \
-                + ([f"{len(extra)} image(s) not in the split (first {extra[0]})"] if extra else [])
+            parts = [f"{len(found)} image(s) {what} (first {found[0]})" for found, what in
+                     ((missing, "of the split missing"), (extra, "not in the split")) if found]
             raise InputError(f"voc2007: {path} lists other images than {split_file}: {'; '.join(parts)}; "
                              f"the label files and the split file must come from the same split")
     return state
