@@ -21,7 +21,9 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -75,7 +77,7 @@ def json_ready(obj):
 def atomic_path(path: Path):
     """Yield a hidden temp path beside ``path``; rename it into place only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = _temp_name(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -237,52 +239,90 @@ def _collate(batch):
     return torch.stack([x for _, x, _ in batch]), [i for i, _, _ in batch], []
 
 
+def scorer_info(scorer) -> dict:
+    """What every chunk's sidecar records about the scorer that computed it."""
+    return {"exact": bool(scorer.exact), "describe": scorer.describe(), "num_classes": scorer.num_classes,
+            "baselines": scorer.baseline_notes()}
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA (or other device) out-of-memory error, as torch raises it."""
+    import torch
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def chunk_statistics(scorer, dataset, transform, runtime, rows: Tuple[int, int], batch_size: int = 32,
+                     workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None
+                     ) -> Tuple[Dict[str, np.ndarray], int]:
+    """The statistics of images ``rows[0]:rows[1]`` → ({key in STAT_KEYS: (n, C) or (n, 8, C) float32},
+    the batch size that worked). Out of memory on a batch restarts the chunk with half the batch
+    (down to 1), as timm's validate.py does. ``on_batch(n_images, batch_index)`` runs before each
+    forward pass (a test hook). Raises BadImageError naming the first image that cannot be loaded.
+    """
+    import torch
+
+    while True:
+        try:
+            return _chunk_pass(scorer, dataset, transform, runtime, rows, batch_size, workers, on_batch), batch_size
+        except Exception as err:
+            if batch_size == 1 or not is_out_of_memory(err):
+                raise
+            log.warning("posthoc-csra: out of memory with batch size %d (%s); retrying rows %d:%d with %d",
+                        batch_size, err, *rows, batch_size // 2)
+        batch_size //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _chunk_pass(scorer, dataset, transform, runtime, rows, batch_size, workers, on_batch) -> Dict[str, np.ndarray]:
+    import torch
+
+    start, end = rows
+    batches = [list(range(b, min(b + batch_size, end))) for b in range(start, end, batch_size)]
+    loader = torch.utils.data.DataLoader(_Items(dataset, transform), batch_sampler=batches,
+                                         num_workers=workers if len(batches) > 1 else 0, collate_fn=_collate,
+                                         pin_memory=runtime.torch_device.type == "cuda")
+    buffers: Dict[str, list] = {k: [] for k in STAT_KEYS}
+    with torch.inference_mode():
+        for n, (images, _, bad) in enumerate(loader):
+            if bad:
+                raise BadImageError(f"{getattr(dataset, 'name', 'dataset')}: image {bad[0][1]} "
+                                    f"({len(bad)} bad in this batch; benchmarks need every image)")
+            if on_batch is not None:
+                on_batch(len(images), n)
+            with runtime.autocast():
+                stats = scorer.statistics(runtime.inputs(images))
+            for k in STAT_KEYS:
+                buffers[k].append(stats[k].float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in buffers.items()}
+
+
 def compute_chunks(cache: StatsCache, chunks: List[int], dataset, transform, make_scorer: Callable,
                    runtime, batch_size: int = 32, workers: int = 2, progress: bool = True,
                    desc: str = "statistics") -> int:
-    """Run the backbone over the images of ``chunks`` and write each chunk as it completes.
+    """Compute ``chunks`` in this process (``chunk_statistics``), writing each as it completes.
 
     ``make_scorer()`` → a CSRAScorer on the runtime's device, built only here (so a full cache
     hit runs no forward pass at all). Returns the number of images passed through the backbone.
-    Raises BadImageError naming the first image that cannot be loaded; finished chunks stay.
+    Finished chunks stay when a later one fails. (``runner.run_bench`` runs chunks on an executor.)
     """
-    import torch
     from tqdm.auto import tqdm
 
     if not chunks:
         return 0
     scorer = make_scorer()
-    info = {"exact": bool(scorer.exact), "describe": scorer.describe(), "num_classes": scorer.num_classes,
-            "baselines": scorer.baseline_notes()}
+    info = scorer_info(scorer)
     if scorer.num_classes != cache.n_classes:
         raise ValueError(f"the model has {scorer.num_classes} classes, the cache expects {cache.n_classes}")
-    batches, owner = [], []
-    for chunk in chunks:
-        start, end = cache.rows(chunk)
-        for b in range(start, end, batch_size):
-            batches.append(list(range(b, min(b + batch_size, end))))
-            owner.append(chunk)
-    loader = torch.utils.data.DataLoader(_Items(dataset, transform), batch_sampler=batches,
-                                         num_workers=workers, collate_fn=_collate,
-                                         pin_memory=runtime.torch_device.type == "cuda")
-    total = sum(len(b) for b in batches)
-    buffers: Dict[str, list] = {k: [] for k in STAT_KEYS}
     done = 0
-    with torch.inference_mode(), tqdm(total=total, unit="img", desc=desc, disable=not progress,
-                                      file=sys.stderr) as bar:
-        for n, (images, _, bad) in enumerate(loader):
-            if bad:
-                raise BadImageError(f"{getattr(dataset, 'name', 'dataset')}: image {bad[0][1]} "
-                                    f"({len(bad)} bad in this batch; benchmarks need every image)")
-            with runtime.autocast():
-                stats = scorer.statistics(runtime.inputs(images))
-            for k in STAT_KEYS:
-                buffers[k].append(stats[k].float().numpy())
-            done += len(images)
-            bar.update(len(images))
-            if n + 1 == len(batches) or owner[n + 1] != owner[n]:
-                cache.write_chunk(owner[n], {k: np.concatenate(v) for k, v in buffers.items()}, info)
-                buffers = {k: [] for k in STAT_KEYS}
+    with tqdm(total=len(chunks), unit="chunk", desc=desc, disable=not progress, file=sys.stderr) as bar:
+        for chunk in chunks:
+            arrays, batch_size = chunk_statistics(scorer, dataset, transform, runtime, cache.rows(chunk),
+                                                  batch_size, workers)
+            cache.write_chunk(chunk, arrays, info)
+            done += len(arrays["logits"])
+            bar.update(1)
     return done
 
 
@@ -299,11 +339,12 @@ def ensure_statistics(cache: StatsCache, dataset, transform, make_scorer: Callab
 
 
 def clean_temp_files(folder: Union[str, Path], older_than_s: float = 86400.0) -> int:
-    """Remove temp files that killed runs left in a cache folder (older than a day). Returns how many."""
+    """Remove temp files that killed runs left in a cache folder: those of a process of this host that
+    is gone, and any older than a day (another host's writer cannot be asked). Returns how many."""
     removed, now = 0, time.time()
     for tmp in Path(folder).glob(".*.tmp-*"):
         try:
-            if now - tmp.stat().st_mtime > older_than_s:
+            if now - tmp.stat().st_mtime > older_than_s or _writer_gone(tmp.name):
                 tmp.unlink()
                 removed += 1
         except OSError:  # another process renamed or removed it
@@ -311,5 +352,25 @@ def clean_temp_files(folder: Union[str, Path], older_than_s: float = 86400.0) ->
     return removed
 
 
+def _temp_name(path: Path) -> Path:
+    """``.NAME.tmp-HOST-PID-RANDOM`` beside ``path``: the writer's host and pid say whether it still runs."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+    return path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _writer_gone(name: str) -> bool:
+    match = re.search(r"\.tmp-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-[0-9a-f]{8}$", name)
+    if match is None or match["host"] != re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()):
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 __all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
-           "ensure_statistics", "compute_chunks", "atomic_path", "clean_temp_files"]
+           "scorer_info", "is_out_of_memory", "chunk_statistics", "compute_chunks", "ensure_statistics",
+           "atomic_path", "clean_temp_files"]

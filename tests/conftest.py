@@ -42,3 +42,19 @@ def small_csv_dataset(tmp_path):
         (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
         return tmp_path / "labels.csv"
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance (2 CPUs, on this machine) shared by every Ray test; its address.
+    Missing Ray is a failure under CI=true (the dev extra installs it), else a skip."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("Ray is not installed: pip install -e '.[dev]' (the dev extra includes ray)")
+        pytest.skip("Ray is not installed (pip install -e '.[ray]')")
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                       log_to_driver=False, configure_logging=False)
+    yield context.address_info["address"]
+    ray.shutdown()

@@ -11,8 +11,7 @@ from PIL import Image
 from timm.models.efficientnet import EfficientNet
 
 from posthoc_csra import cache as cache_mod
-from posthoc_csra.cache import (STAT_KEYS, BadImageError, StatsCache, atomic_path, cache_key, ensure_statistics,
-                                weights_identity)
+from posthoc_csra.cache import STAT_KEYS, BadImageError, StatsCache, atomic_path, cache_key, ensure_statistics
 from posthoc_csra.models import load_model
 from posthoc_csra.runtime import Runtime
 from posthoc_csra.scorer import CSRAScorer
@@ -253,13 +252,3 @@ def test_atomic_writes_leave_no_partial_files(tmp_path, tiny_model, monkeypatch)
     monkeypatch.undo()
     _, _, computed = _ensure(cache, ds, transform, make)
     assert computed == 4 and not list(cache.path.glob(".*"))
-
-
-def test_weights_identity(lite0_weights, shared):
-    manifest = shared / "weights" / "manifest.json"
-    label, ident = weights_identity("tf_efficientnet_lite0", manifest)
-    assert label == "manifest:tf_efficientnet_lite0" and ident.startswith("sha256:2b4a5f7e")
-    label, ident_file = weights_identity("tf_efficientnet_lite0", lite0_weights)
-    assert label == lite0_weights.name and ident_file.startswith("sha256:2b4a5f7e")
-    assert weights_identity("resnet10t", pretrained=False)[0] == "random"
-    assert weights_identity("mobilenetv2_100", manifest)[1] != weights_identity("tf_efficientnet_lite1", manifest)[1]

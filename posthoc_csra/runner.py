@@ -1,0 +1,459 @@
+"""How ``run_bench`` runs: plan the cache chunks a benchmark needs, compute the missing ones on an
+executor, write them into the driver's cache, then evaluate every pass from the cache alone.
+
+A *pass* is one (model, img_size, dataset) with its preprocessing: one cache key (``cache.py``).
+Its unit of work is a cache chunk: a ``ChunkJob`` (small, picklable: names and option values)
+goes to ``compute_chunk`` on an executor (``executors.py``), which loads the model and dataset in
+its own process (kept for the next chunk), computes the chunk's statistics and returns them. The
+driver checks each result against its own cache key and writes it atomically, so a run killed at
+any point loses at most the chunks in flight and the next run schedules only the missing ones.
+
+Order: options and every dataset spec are checked first; models are then prepared one by one as
+the executor asks for work (the driver needs each model's weights identity, data config and class
+count for the cache key); the table is built after the last chunk, in model × size × dataset order.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import resource
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import InputError
+from .executors import Done, Executor, Faults, LocalExecutor
+from .options import EvalOptions, LoadOptions, ModelSource
+
+#: A size-dependent spec (mosaics) is checked at this size before any model says its own.
+CHECK_SIZE = 224
+
+
+# ---------------------------------------------------------------- models and datasets (per process)
+@dataclass
+class PreparedModel:
+    """A loaded model with its two preprocessings (``full_frame`` False: timm's crop; True: no crop)."""
+
+    name: str
+    net: "torch.nn.Module"  # noqa: F821
+    preprocessing: dict
+    weights_label: str
+    weights_key: str
+    scorers: dict = field(default_factory=dict)  # (full_frame, runtime) → CSRAScorer, built on first use
+
+    @property
+    def img_size(self) -> int:
+        return int(self.preprocessing[False][1]["input_size"][-1])
+
+
+def prepare_model(name: str, img_size: Optional[int] = None, checkpoint=None,
+                  pretrained: Optional[bool] = None) -> PreparedModel:
+    import torch
+
+    from .models import load_model, weights_of
+    from .scoring import data_transform
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
+        net = load_model(name, checkpoint=checkpoint, pretrained=pretrained,
+                         **({"img_size": img_size} if img_size else {}))
+    preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, crop_pct=1.0)}
+    label, identity = weights_of(net)
+    return PreparedModel(name, net, preprocessing, label, identity)
+
+
+class _Recent:
+    """The last ``size`` values built in this process, by key (models and datasets reused by the
+    next chunk task of the same pass)."""
+
+    def __init__(self, size: int):
+        self.size, self.items = size, collections.OrderedDict()
+
+    def get(self, key, build):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = build()
+        self.items[key] = value
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+_MODELS = _Recent(1)
+_DATASETS = _Recent(8)
+_BATCH_CAP: Dict[str, int] = {}  # cache key → the batch size that fitted in memory here
+
+
+def _model(name: str, img_size: Optional[int], source: ModelSource) -> PreparedModel:
+    return _MODELS.get((name, img_size, source),
+                       lambda: prepare_model(name, img_size, source.checkpoint, source.pretrained))
+
+
+def build_dataset(spec: str, size: Optional[int], loading: LoadOptions):
+    """The dataset of ``spec`` at evaluation size ``size`` (used only by size-dependent specs), with
+    the loading options it takes (mosaics: ``dataset_seed``, ``mosaic_count``)."""
+    from .datasets import dataset_options, is_size_dependent, parse_dataset
+
+    takes = dataset_options(spec)
+    options = {k: v for k, v in (("seed", loading.dataset_seed), ("count", loading.mosaic_count))
+               if k in takes and v is not None}
+    size = size if is_size_dependent(spec) else None
+    key = (spec, size, tuple(sorted(options.items())))
+    return _DATASETS.get(key, lambda: parse_dataset(spec, size=size, **options))
+
+
+def pass_fields(prepared: PreparedModel, ds, runtime) -> dict:
+    """Everything that changes a pass's numbers: what its cache key hashes."""
+    import timm
+
+    config = prepared.preprocessing[bool(ds.full_frame)][1]
+    return dict(model=prepared.name, weights=prepared.weights_key, timm=timm.__version__,
+                num_classes=prepared.net.num_classes, data_config=config, dataset=ds.fingerprint(),
+                amp=runtime.amp)
+
+
+# ---------------------------------------------------------------- the chunk task
+@dataclass(frozen=True)
+class ChunkJob:
+    """One cache chunk of one pass: what a worker needs to compute it, as plain values."""
+
+    model: str
+    img_size: Optional[int]  # as asked for (None: the model's own)
+    source: ModelSource
+    dataset: str  # the spec
+    loading: LoadOptions
+    runtime: "Runtime"  # noqa: F821
+    chunk: int
+    rows: Tuple[int, int]
+    key: str  # the driver's cache key; the worker checks it builds the same model and dataset
+    label: str  # "model @size on dataset", for progress and errors
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """A chunk's statistics and how they were made (for the driver's checks and run summary)."""
+
+    key: str
+    rows: Tuple[int, int]
+    arrays: Dict[str, np.ndarray]
+    info: dict
+    seconds: float  # in the task, model/dataset preparation included
+    batch_size: int  # the batch size that fitted (smaller than asked after out-of-memory)
+    worker: str  # host:pid
+    peak_rss_mb: float  # the worker process's peak resident memory so far
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def compute_chunk(job: ChunkJob, faults: Optional[Faults] = None) -> ChunkResult:
+    """The chunk task (run by an executor, in any process): the statistics of ``job.rows``."""
+    from .cache import cache_key, chunk_statistics, scorer_info
+    from .scorer import CSRAScorer
+
+    start = time.perf_counter()
+    if faults is not None:
+        faults.before_task(job.model)
+    prepared = _model(job.model, job.img_size, job.source)
+    ds = build_dataset(job.dataset, prepared.img_size, job.loading)
+    key = cache_key(pass_fields(prepared, ds, job.runtime))
+    if key != job.key:
+        raise RuntimeError(f"{job.label}: this worker ({socket.gethostname()}) builds another model, weights, "
+                           f"dataset or timm version than the driver (cache key {key[:12]} ≠ {job.key[:12]}); "
+                           f"give every node the same files and packages")
+    transform, config = prepared.preprocessing[bool(ds.full_frame)]
+    scorer = prepared.scorers.get((bool(ds.full_frame), job.runtime))
+    if scorer is None:
+        scorer = job.runtime.prepare(CSRAScorer(prepared.net, input_size=config["input_size"]))
+        job.runtime.compile_model(prepared.net)
+        prepared.scorers[bool(ds.full_frame), job.runtime] = scorer
+    asked = min(job.loading.batch_size, _BATCH_CAP.get(key, job.loading.batch_size))
+    arrays, batch_size = chunk_statistics(scorer, ds, transform, job.runtime, job.rows, asked, job.loading.workers,
+                                          faults.before_batch if faults is not None else None)
+    if batch_size < asked:  # out of memory: the next chunks of this pass start with what fitted
+        _BATCH_CAP[key] = batch_size
+    return ChunkResult(key, job.rows, arrays, scorer_info(scorer), time.perf_counter() - start, batch_size,
+                       f"{socket.gethostname()}:{os.getpid()}", _peak_rss_mb())
+
+
+# ---------------------------------------------------------------- the driver
+@dataclass
+class Pass:
+    """One (model, img_size, dataset) of a run: its cache and what happened to it."""
+
+    model: str
+    img_size: Optional[int]  # as asked for (None: the model's own)
+    spec: str
+    size: Optional[int] = None  # the size it runs at, once the model is prepared
+    weights: Optional[str] = None
+    dataset: object = None
+    cache: object = None
+    class_map: object = None
+    error: Optional[BaseException] = None
+    leader: Optional["Pass"] = None  # an earlier pass of the same cache key computes the chunks
+    computed: int = 0  # images through a backbone in this run
+    seconds: float = 0.0  # in chunk tasks (summed) and loading
+
+    def failure(self) -> Optional[BaseException]:
+        return self.error or (self.leader.failure() if self.leader is not None else None)
+
+    def where(self) -> dict:
+        return dict(model=self.model, weights=self.weights, img_size=self.size or self.img_size,
+                    dataset_spec=self.spec, dataset=getattr(self.dataset, "short_name", None) or self.spec)
+
+
+@dataclass
+class RunStats:
+    """What a run did, for ``table.attrs["run"]`` (benchmarks/scale.py reports it)."""
+
+    executor: str
+    chunks: int = 0  # chunks of every pass
+    chunks_cached: int = 0  # found valid in the cache
+    chunks_computed: int = 0  # computed by a task and written in this run
+    chunks_failed: int = 0  # a task raised (→ the pass's error row)
+    task_seconds: float = 0.0  # summed over the computed chunks, inside the tasks
+    latency_seconds: float = 0.0  # summed: submit → result back in the driver
+    wall_seconds: float = 0.0
+    batch_sizes: Dict[int, int] = field(default_factory=dict)  # batch size that fitted → chunks
+    workers: Dict[str, float] = field(default_factory=dict)  # host:pid → peak resident memory (MiB)
+
+
+class BenchRun:
+    """One benchmark run in the driver: checks, plans, collects and evaluates (see the module docstring)."""
+
+    def __init__(self, names: Sequence[str], specs: Sequence[str], img_sizes: Sequence[Optional[int]],
+                 source: ModelSource, loading: LoadOptions, runtime, cache_dir: Path, executor: Executor):
+        self.names, self.specs, self.img_sizes = list(names), list(specs), list(img_sizes)
+        self.source, self.runtime, self.cache_dir, self.executor = source, runtime, cache_dir, executor
+        self.loading = replace(loading, workers=executor.loader_workers(loading.workers))
+        self.passes: List[Pass] = []
+        self.stats = RunStats(executor.describe())
+        self._estimate = {spec: self._check_dataset(spec) for spec in self.specs}
+        self._leaders: Dict[str, Pass] = {}
+        self._bar = None
+
+    def _check_dataset(self, spec: str) -> int:
+        """Build the dataset once before any model is loaded (a bad spec or folder fails here);
+        → its chunk count, for the progress bar."""
+        from .datasets import is_size_dependent
+
+        sizes = [s for s in self.img_sizes if s] or [CHECK_SIZE]
+        ds = build_dataset(spec, sizes[0] if is_size_dependent(spec) else None, self.loading)
+        return -(-len(ds) // self.loading.chunk_size)
+
+    # ---- planning: jobs are pulled lazily by the executor
+    def jobs(self) -> Iterator[ChunkJob]:
+        for name in self.names:
+            for img_size in self.img_sizes:
+                passes = [Pass(name, img_size, spec) for spec in self.specs]
+                self.passes += passes
+                try:
+                    prepared = _model(name, img_size, self.source)
+                except Exception as err:
+                    for p in passes:
+                        self._fail(p, err, self._estimate[p.spec])
+                    continue
+                for p in passes:
+                    p.weights, p.size = prepared.weights_label, prepared.img_size
+                    yield from self._pass_jobs(p, prepared)
+
+    def _pass_jobs(self, p: Pass, prepared: PreparedModel) -> Iterator[ChunkJob]:
+        from .cache import StatsCache
+        from .classmaps import class_map_for
+
+        try:
+            p.dataset = build_dataset(p.spec, prepared.img_size, self.loading)
+            p.class_map = class_map_for(prepared.net.num_classes, p.dataset)
+            p.cache = StatsCache(self.cache_dir, pass_fields(prepared, p.dataset, self.runtime), len(p.dataset),
+                                 prepared.net.num_classes, self.loading.chunk_size)
+            todo = [] if p.cache.key in self._leaders else p.cache.missing_chunks()
+        except Exception as err:
+            self._fail(p, err, self._estimate[p.spec])
+            return
+        if p.cache.key in self._leaders:  # the same statistics as an earlier pass (e.g. sizes None and 224)
+            p.leader = self._leaders[p.cache.key]
+            self._progress(-self._estimate[p.spec], 0)
+            return
+        self._leaders[p.cache.key] = p
+        self.stats.chunks += p.cache.n_chunks
+        self.stats.chunks_cached += p.cache.n_chunks - len(todo)
+        self._progress(p.cache.n_chunks - self._estimate[p.spec], p.cache.n_chunks - len(todo))
+        label = f"{p.model} @{prepared.img_size} on {p.dataset.short_name}"
+        for i, chunk in enumerate(todo):
+            if p.error is not None:  # a chunk of this pass failed: the rest would fail alike
+                self._progress(i - len(todo), 0)
+                return
+            yield ChunkJob(p.model, p.img_size, self.source, p.spec, self.loading, self.runtime, chunk,
+                           p.cache.rows(chunk), p.cache.key, label)
+
+    def _fail(self, p: Pass, err: BaseException, estimate: int) -> None:
+        p.error = p.error or err
+        self._progress(-estimate, 0)
+
+    def _progress(self, more_total: int, done: int) -> None:
+        if self._bar is not None:
+            self._bar.total += more_total
+            self._bar.update(done)
+
+    # ---- collecting: the driver verifies and writes every result
+    def accept(self, done: Done) -> None:
+        job = done.job
+        p = self._leaders[job.key]
+        self.stats.latency_seconds += done.latency_s
+        if done.error is None:
+            try:
+                result: ChunkResult = done.result
+                if result.key != p.cache.key or tuple(result.rows) != p.cache.rows(job.chunk):
+                    raise RuntimeError(f"{job.label}: a worker returned chunk rows {result.rows} of key "
+                                       f"{result.key[:12]} for chunk {job.chunk} of {p.cache.key[:12]}")
+                p.cache.write_chunk(job.chunk, result.arrays, result.info)  # checks shapes; atomic
+            except Exception as err:
+                done = done._replace(error=err)
+        if done.error is not None:
+            p.error = p.error or done.error
+            self.stats.chunks_failed += 1
+        else:
+            p.computed += result.rows[1] - result.rows[0]
+            p.seconds += result.seconds
+            self.stats.chunks_computed += 1
+            self.stats.task_seconds += result.seconds
+            self.stats.batch_sizes[result.batch_size] = self.stats.batch_sizes.get(result.batch_size, 0) + 1
+            self.stats.workers[result.worker] = max(self.stats.workers.get(result.worker, 0.0),
+                                                    result.peak_rss_mb)
+        if self._bar is not None:
+            self._bar.set_description(job.label, refresh=False)
+            self._bar.set_postfix(computed=self.stats.chunks_computed, cached=self.stats.chunks_cached,
+                                  failed=self.stats.chunks_failed, refresh=False)
+            self._bar.update(1)
+
+    def execute(self) -> "BenchRun":
+        """Compute every missing chunk on the executor, writing each into the cache."""
+        from functools import partial
+
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        task = compute_chunk if self.executor.faults is None else partial(compute_chunk,
+                                                                          faults=self.executor.faults)
+        total = sum(self._estimate.values()) * len(self.names) * len(self.img_sizes)
+        with tqdm(total=total, unit="chunk", desc=f"bench ({self.executor.name})", disable=not self.loading.progress,
+                  file=sys.stderr, dynamic_ncols=True) as self._bar:
+            for done in self.executor.run(task, self.jobs()):
+                self.accept(done)
+        self._bar = None
+        self.stats.wall_seconds = time.perf_counter() - start
+        return self
+
+    # ---- evaluating: every pass from the cache alone
+    def load(self, p: Pass):
+        """(stats, info) of a pass from the cache; raises its error when it has one."""
+        err = p.failure()
+        if err is not None:
+            raise err
+        start = time.perf_counter()
+        stats, info = p.cache.load()
+        p.seconds += time.perf_counter() - start
+        return stats, info
+
+    def table(self, evaluation: EvalOptions):
+        import pandas as pd
+
+        from .datasets import dataset_split
+        from .evaluation import COLUMNS, evaluate_stats
+
+        frames = []
+        for p in self.passes:
+            try:
+                stats, info = self.load(p)
+                ds = p.dataset
+                df = evaluate_stats(stats, ds.targets(), ds.ignore_mask(), evaluation.lams, evaluation.heads,
+                                    evaluation.spaces, class_map=p.class_map, pool=evaluation.pool,
+                                    select_on=evaluation.select_on, val_fraction=evaluation.val_fraction,
+                                    split_seed=evaluation.split_seed,
+                                    split=(dataset_split(ds, evaluation.val_fraction, evaluation.split_seed)
+                                           if evaluation.select_on else None))
+                del stats
+                frames.append(df.assign(**p.where(), preprocessing=_preprocessing(ds, p.cache),
+                                        exact=info.get("exact"), seconds=round(p.seconds, 3),
+                                        cached=(p.leader or p).computed == 0))
+            except Exception as err:
+                frames.append(pd.DataFrame([{**p.where(), "error": f"{type(err).__name__}: {err}"}]))
+        table = pd.concat(frames, ignore_index=True)  # error rows stay in model/size/dataset order
+        for column in COLUMNS:
+            if column not in table:
+                table[column] = None
+        table["error"] = table["error"].astype("string")
+        for column in ("exact", "cached"):  # error rows have none
+            table[column] = table[column].astype("boolean")
+        for column in ("img_size", "n_images", "n_classes", "heads"):
+            try:
+                table[column] = table[column].astype("Int64")
+            except (TypeError, ValueError):
+                pass  # explicit temperatures are labelled by strings
+        table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+        table.attrs["backbone_images"] = sum(p.computed for p in self.passes)
+        table.attrs["run"] = self.stats.__dict__
+        return table
+
+
+def _preprocessing(ds, cache) -> str:
+    config = cache.fields["data_config"]
+    if ds.full_frame:
+        return "full frame"
+    return f"crop {config.get('crop_pct', 0.875):g} ({config.get('crop_mode', 'center')})"
+
+
+# ---------------------------------------------------------------- the library functions
+def _start(models, datasets, img_sizes, source: ModelSource, loading: LoadOptions, runtime, cache_dir,
+           executor: Optional[Executor]) -> BenchRun:
+    """Check every option and dataset (no model loaded yet) → a run ready to execute."""
+    from .bench import expand_models
+    from .config import default_cache_dir
+    from .parsing import parse_img_sizes
+    from .runtime import Runtime
+
+    specs = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets or []))
+    if not specs:
+        raise InputError("no datasets: pass --dataset SPEC (imagenet-real:DIR, voc2007:DIR, ...)")
+    names = expand_models(models, source.checkpoint)
+    sizes = parse_img_sizes(list(img_sizes)) if img_sizes else [None]
+    return BenchRun(names, specs, sizes or [None], source, loading, runtime if runtime is not None else Runtime(),
+                    Path(cache_dir or default_cache_dir()).expanduser(), executor or LocalExecutor())
+
+
+def run_bench(models, datasets: Union[str, Sequence[str]], evaluation: EvalOptions = EvalOptions(),
+              loading: LoadOptions = LoadOptions(), runtime=None, *,
+              img_sizes: Optional[Sequence[Optional[int]]] = None, source: ModelSource = ModelSource(),
+              cache_dir=None, executor: Optional[Executor] = None):
+    """The benchmark table: models × img_sizes × datasets, evaluated with ``evaluation`` (columns
+    ``evaluation.COLUMNS``; a model or dataset that fails becomes a row with its ``error``).
+
+    models: names, wildcards, ``@file`` (``bench.expand_models``); datasets: specs (checked before
+    any model is loaded); img_sizes: None (each model's own) and/or ints; runtime: a
+    ``runtime.Runtime`` (default CPU); executor: where chunk tasks run (default ``LocalExecutor``).
+    ``attrs["backbone_images"]``: images through a backbone in this call; ``attrs["run"]``: ``RunStats``.
+    """
+    run = _start(models, datasets, img_sizes, source, loading, runtime, cache_dir, executor)
+    return run.execute().table(evaluation)
+
+
+def load_statistics(model: str, dataset: str, loading: LoadOptions = LoadOptions(), runtime=None, *,
+                    img_size: Optional[int] = None, source: ModelSource = ModelSource(), cache_dir=None,
+                    executor: Optional[Executor] = None):
+    """The cached statistics ``run_bench`` evaluates for one model on one dataset spec (computed
+    when missing) → (stats: arrays by ``cache.STAT_KEYS`` plus ``logit_base``, scorer info, dataset)."""
+    run = _start([model], [dataset], [img_size], source, loading, runtime, cache_dir, executor).execute()
+    stats, info = run.load(run.passes[0])
+    return stats, info, run.passes[0].dataset
+
+
+__all__ = ["PreparedModel", "prepare_model", "build_dataset", "pass_fields", "ChunkJob", "ChunkResult",
+           "compute_chunk", "Pass", "RunStats", "BenchRun", "run_bench", "load_statistics"]

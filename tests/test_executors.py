@@ -1,0 +1,160 @@
+"""Option groups and executors: one table from the local executor, a thread pool and a real local Ray;
+only missing chunks are scheduled; options and datasets are checked before any model is loaded."""
+import dataclasses
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from posthoc_csra import runner
+from posthoc_csra.cli import main
+from posthoc_csra.errors import InputError, MissingInputError
+from posthoc_csra.executors import LocalExecutor, PoolExecutor, RayExecutor
+from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
+from posthoc_csra.runner import ChunkJob, run_bench
+from posthoc_csra.runtime import Runtime
+
+MODEL, IMG = "test_efficientnet", 64
+#: Columns that say how a run went, not what it measured.
+RUN_COLUMNS = ["seconds", "cached"]
+
+
+def csv_dataset(folder, n: int = 12, n_classes: int = 1000) -> str:
+    """``csv:FILE`` of n noise images whose labels cover n_classes classes (a 1000-class model's own)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_row = -(-n_classes // n)
+    rows = ["image,labels"]
+    for i in range(n):
+        pixels = np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        labels = {f"k{j % n_classes:04d}" for j in range(i * per_row, (i + 1) * per_row)} | {f"k{i % 5:04d}"}
+        rows.append(f"{i}.png,{'|'.join(sorted(labels))}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return f"csv:{folder / 'labels.csv'}"
+
+
+def bench(specs, cache_dir, executor=None, models=(MODEL,), **loading):
+    """run_bench with a random-weights model at IMG px, chunks of 2 images, no progress bar."""
+    loading = LoadOptions(**{**dict(batch_size=2, workers=0, chunk_size=2, progress=False), **loading})
+    return run_bench(list(models), specs, EvalOptions(lams="0,0.5", heads="1,8"), loading, img_sizes=[IMG],
+                     source=ModelSource(pretrained=False), cache_dir=cache_dir, executor=executor)
+
+
+def assert_same_table(a, b):
+    """Row for row, every column but the run's timing and cache flags."""
+    pd.testing.assert_frame_equal(a.drop(columns=RUN_COLUMNS), b.drop(columns=RUN_COLUMNS),
+                                  check_exact=False, rtol=1e-6)
+
+
+class Recording(LocalExecutor):
+    """The local executor, remembering the jobs it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.jobs = []
+
+    def run(self, task, jobs):
+        for done in super().run(task, jobs):
+            self.jobs.append(done.job)
+            yield done
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two dataset specs (a CSV of 12 images and 2×2 mosaics of it) and their reference table."""
+    root = tmp_path_factory.mktemp("executors")
+    spec = csv_dataset(root / "csv")
+    specs = [spec, f"mosaic:{spec}"]
+    return specs, bench(specs, root / "reference-cache")
+
+
+def test_options_are_frozen_picklable_values_checked_when_built():
+    evaluation, loading, source = EvalOptions(lams="0:1:0.5", heads="1,8"), LoadOptions(), ModelSource("w.pt")
+    runtime = Runtime(amp="bf16")
+    job = ChunkJob(MODEL, None, source, "csv:x.csv", loading, runtime, 3, (6, 8), "k" * 64, "label")
+    for value in (evaluation, loading, source, runtime, job):
+        assert pickle.loads(pickle.dumps(value)) == value and hash(value) == hash(pickle.loads(pickle.dumps(value)))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, dataclasses.fields(value)[0].name, None)
+    assert evaluation.lams == (0.0, 0.5, 1.0) and evaluation.heads == (1, 8)
+    for bad in (dict(lams="x"), dict(heads="3"), dict(select_on="test"), dict(val_fraction=1.0), dict(pool="avg")):
+        with pytest.raises(InputError):
+            EvalOptions(**bad)
+    for bad in (dict(batch_size=0), dict(workers=-1), dict(chunk_size=0), dict(mosaic_count=0)):
+        with pytest.raises(InputError):
+            LoadOptions(**bad)
+    with pytest.raises(InputError, match="not both"):
+        ModelSource("w.pt", pretrained=False)
+
+
+def test_datasets_are_checked_before_any_model_is_loaded(tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the datasets were checked")
+
+    monkeypatch.setattr(runner, "prepare_model", no_model)
+    with pytest.raises(InputError, match="unknown dataset spec 'foo:bar'"):
+        bench(["foo:bar"], tmp_path, models=[MODEL, "test_vit"])
+    with pytest.raises(MissingInputError, match="missing.csv"):
+        bench([f"csv:{tmp_path / 'missing.csv'}"], tmp_path)
+    result = CliRunner().invoke(main, ["bench", "-m", MODEL, "--random-weights", "-d", "foo:bar",
+                                       "--cache-dir", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1 and "unknown dataset spec 'foo:bar'" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_only_missing_chunks_are_scheduled(data, tmp_path):
+    specs, reference = data
+    first = bench(specs[:1], tmp_path)
+    assert first.attrs["run"]["chunks_computed"] == 6 and first.attrs["backbone_images"] == 12
+    (cache,) = [p for p in (tmp_path / "stats").iterdir()]
+    for chunk in (1, 4):
+        (cache / f"chunk-{chunk:05d}.npz").unlink()
+    executor = Recording()
+    again = bench(specs[:1], tmp_path, executor)
+    assert [(job.chunk, job.rows) for job in executor.jobs] == [(1, (2, 4)), (4, (8, 10))]
+    assert again.attrs["backbone_images"] == 4 and not again["cached"].any()
+    assert_same_table(again, reference[reference["dataset_spec"] == specs[0]].reset_index(drop=True))
+    executor = Recording()
+    assert bench(specs[:1], tmp_path, executor)["cached"].all() and executor.jobs == []
+
+
+def test_thread_pool_gives_the_same_table(data, tmp_path):
+    specs, reference = data
+    with PoolExecutor(workers=2, kind="thread") as pool:
+        assert_same_table(bench(specs, tmp_path, pool), reference)
+
+
+def test_ray_gives_the_same_table_row_for_row(data, tmp_path, ray_session):
+    specs, reference = data
+    with RayExecutor(address=ray_session) as executor:
+        table = bench(specs, tmp_path, executor)
+    assert_same_table(table, reference)
+    run = table.attrs["run"]
+    assert run["executor"].startswith("ray") and run["chunks_computed"] == run["chunks"] == 6 + 2
+    assert len(run["workers"]) >= 1 and all(mb > 0 for mb in run["workers"].values())
+
+
+def test_progress_bar_counts_chunks_and_names_model_and_dataset(data, tmp_path, capsys):
+    specs, _ = data
+    bench(specs[:1], tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert f"{MODEL} @{IMG} on csv:labels.csv" in err and "6/6" in err and "chunk" in err
+
+
+def test_cli_executor_options(data, tmp_path, ray_session):
+    specs, reference = data
+    args = ["bench", "-m", MODEL, "--random-weights", "-d", specs[0], "--img-size", str(IMG), "--lam", "0,0.5",
+            "--heads", "1,8", "-b", "2", "-j", "0", "--chunk-size", "2", "--cache-dir", str(tmp_path),
+            "--no-progress", "-o", str(tmp_path / "t.csv")]
+    for bad, message in ((["--ray", "--executor", "local"], "--ray is short for --executor ray"),
+                         (["--gpus-per-task", "1"], "apply to --executor ray only")):
+        result = CliRunner().invoke(main, args + bad)
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(main, args + ["--ray", "--ray-address", ray_session])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t.csv")
+    expected = reference[reference["dataset_spec"] == specs[0]]
+    assert len(table) == len(expected) and np.allclose(table["mAP"], expected["mAP"], rtol=1e-6, equal_nan=True)
