@@ -1,0 +1,382 @@
+"""Scorer cards: the choice ``bench --select-on val`` made, kept as one small JSON file per (model, dataset).
+
+A card holds what is needed to rebuild the chosen scorer and to know where it came from:
+the model and the identity of its weights, the preprocessing (img size, crop or full frame,
+crop_pct...), the method ("csra", "model" = λ 0, or a baseline such as "max-pool"), the score
+space, the heads' temperatures (``math.inf`` written as ``"inf"``), λ, and the val and test mAP it
+was chosen with, on which dataset (short name + fingerprint), with which timm.
+
+    cards = cards_from_table(table)                  # the selected rows of a bench table
+    write_cards(cards, "cards/")
+    scorer = scorer_from_card("cards/x.json", model) # refuses a model with other weights
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+
+from .baselines import METHODS
+from .errors import InputError, MissingInputError
+from .parsing import parse_temperature
+from .spec import HEAD_SETS, SPACES
+
+if TYPE_CHECKING:  # torch stays out of import time
+    from torch import nn
+
+    from .options import LoadOptions, ModelSource
+    from .scorer import CSRAScorer
+
+CARD_FORMAT = "posthoc-csra scorer card"
+#: Bumped when a field changes meaning; a card of another version is refused with the reason.
+CARD_VERSION = 1
+#: Methods ``CSRAScorer`` runs, with the λ each uses: "model" is the model itself (λ = 0).
+SCORER_METHODS = {"csra": lambda lam: lam, "model": lambda lam: 0.0}
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights a card was made with: a label for people and an identity that is compared."""
+
+    label: str
+    identity: str
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """timm's eval data config the rule was chosen with (``full_frame``: no centre crop of the dataset)."""
+
+    img_size: int
+    full_frame: bool
+    crop_pct: float
+    crop_mode: str
+    interpolation: str
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+    @classmethod
+    def from_data_config(cls, config: dict, full_frame: bool) -> "Preprocessing":
+        return cls(img_size=int(config["input_size"][-1]), full_frame=bool(full_frame),
+                   crop_pct=float(config["crop_pct"]), crop_mode=str(config.get("crop_mode", "center")),
+                   interpolation=str(config["interpolation"]), mean=tuple(float(v) for v in config["mean"]),
+                   std=tuple(float(v) for v in config["std"]))
+
+    def data_config(self) -> dict:
+        return {"input_size": (3, self.img_size, self.img_size), "interpolation": self.interpolation,
+                "mean": self.mean, "std": self.std, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
+
+    def transform(self):
+        """The eval transform: PIL image → (3, img_size, img_size) tensor."""
+        from timm.data import create_transform
+
+        return create_transform(**self.data_config(), is_training=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The chosen rule. ``pool``: how ImageNet classes were pooled into the dataset's classes (None: no map)."""
+
+    method: str
+    space: str
+    temperatures: Tuple[float, ...]
+    lam: float
+    pool: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the rule was chosen on (val) and reported on (test), mAP in percent."""
+
+    dataset: str
+    fingerprint: str
+    val_mAP: float
+    test_mAP: Optional[float]
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ScorerCard:
+    model: str
+    num_classes: int
+    weights: Weights
+    preprocessing: Preprocessing
+    rule: Rule
+    chosen_with: Choice
+    timm: str
+    version: int = CARD_VERSION
+
+    @property
+    def runnable(self) -> bool:
+        return self.rule.method in SCORER_METHODS
+
+    @property
+    def lam(self) -> float:
+        """The λ the scorer uses (0 for method "model")."""
+        return SCORER_METHODS[self.rule.method](self.rule.lam) if self.runnable else math.nan
+
+    def file_name(self) -> str:
+        """``{model}__{dataset}.json`` with characters other than ``A-Za-z0-9._@-`` replaced by ``_``."""
+        return re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{self.model}__{self.chosen_with.dataset}") + ".json"
+
+    def describe(self) -> str:
+        heads = ",".join(_temperature_text(t) for t in self.rule.temperatures)
+        rule = (f"{self.rule.method}, λ={self.lam:g}, T={{{heads}}}" if self.rule.method == "csra"
+                else self.rule.method)
+        test = "" if self.chosen_with.test_mAP is None else f", test mAP {self.chosen_with.test_mAP:.2f}"
+        return (f"{self.model} ({self.weights.label}) @{self.preprocessing.img_size}: {rule}, {self.rule.space} "
+                f"space; chosen on {self.chosen_with.dataset} val mAP {self.chosen_with.val_mAP:.2f}{test}")
+
+
+# ---------------------------------------------------------------- JSON
+def _temperature_text(t: float):
+    return "inf" if math.isinf(t) else t
+
+
+def _number(value) -> Optional[float]:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def card_to_dict(card: ScorerCard) -> dict:
+    p, r, c = card.preprocessing, card.rule, card.chosen_with
+    return {
+        "format": CARD_FORMAT, "version": card.version,
+        "model": card.model, "num_classes": card.num_classes,
+        "weights": {"label": card.weights.label, "identity": card.weights.identity},
+        "preprocessing": {"img_size": p.img_size, "full_frame": p.full_frame, "crop_pct": p.crop_pct,
+                          "crop_mode": p.crop_mode, "interpolation": p.interpolation,
+                          "mean": list(p.mean), "std": list(p.std)},
+        "method": r.method, "space": r.space, "heads": [_temperature_text(t) for t in r.temperatures],
+        "lam": r.lam, "pool": r.pool,
+        "val_mAP": c.val_mAP, "test_mAP": _number(c.test_mAP), "n_val": c.n_val, "n_test": c.n_test,
+        "dataset": {"name": c.dataset, "fingerprint": c.fingerprint},
+        "timm": card.timm,
+    }
+
+
+def card_from_dict(data: dict, source: str = "card") -> ScorerCard:
+    """The inverse of ``card_to_dict``; InputError naming ``source`` and the bad field otherwise."""
+    if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+        raise InputError(f"{source}: not a posthoc-csra scorer card (no \"format\": \"{CARD_FORMAT}\"); "
+                         f"make cards with `posthoc-csra bench --select-on val --save-cards DIR`")
+    if data.get("version") != CARD_VERSION:
+        raise InputError(f"{source}: card format version {data.get('version')!r}, this posthoc-csra reads "
+                         f"version {CARD_VERSION}; re-make the card with `bench --save-cards` of this version")
+    try:
+        p, ds = data["preprocessing"], data["dataset"]
+        card = ScorerCard(
+            model=str(data["model"]), num_classes=int(data["num_classes"]),
+            weights=Weights(str(data["weights"]["label"]), str(data["weights"]["identity"])),
+            preprocessing=Preprocessing(
+                img_size=int(p["img_size"]), full_frame=bool(p["full_frame"]), crop_pct=float(p["crop_pct"]),
+                crop_mode=str(p["crop_mode"]), interpolation=str(p["interpolation"]),
+                mean=tuple(float(v) for v in p["mean"]), std=tuple(float(v) for v in p["std"])),
+            rule=Rule(method=str(data["method"]), space=str(data["space"]),
+                      temperatures=tuple(parse_temperature(str(t)) for t in data["heads"]),
+                      lam=float(data["lam"]), pool=data.get("pool")),
+            chosen_with=Choice(dataset=str(ds["name"]), fingerprint=str(ds["fingerprint"]),
+                               val_mAP=float(data["val_mAP"]), test_mAP=_number(data.get("test_mAP")),
+                               n_val=data.get("n_val"), n_test=data.get("n_test")),
+            timm=str(data["timm"]), version=int(data["version"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{source}: malformed scorer card ({type(err).__name__}: {err}); "
+                         f"re-make it with `posthoc-csra bench --select-on val --save-cards DIR`") from None
+    if card.rule.method not in METHODS:
+        raise InputError(f"{source}: unknown method {card.rule.method!r}; known: {', '.join(METHODS)}")
+    if card.rule.space not in SPACES:
+        raise InputError(f"{source}: unknown space {card.rule.space!r}; known: {', '.join(SPACES)}")
+    if not card.rule.temperatures or any(not t > 0 for t in card.rule.temperatures):
+        raise InputError(f"{source}: heads must be positive temperatures (\"inf\" for max), "
+                         f"got {data['heads']!r}")
+    return card
+
+
+def write_card(card: ScorerCard, path: PathLike) -> Path:
+    """Write one card as indented JSON (atomically); returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(card_to_dict(card), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_cards(cards: Sequence[ScorerCard], directory: PathLike) -> List[Path]:
+    """One ``card.file_name()`` per card under ``directory``."""
+    names = [card.file_name() for card in cards]
+    if len(set(names)) != len(names):
+        raise InputError(f"two cards would share a file name in {directory}: {names}")
+    return [write_card(card, Path(directory) / name) for card, name in zip(cards, names)]
+
+
+def read_card(path: PathLike) -> ScorerCard:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"--card {path}: no such file; make cards with "
+                                f"`posthoc-csra bench --select-on val --save-cards DIR`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"--card {path}: not JSON ({err})") from None
+    return card_from_dict(data, source=f"--card {path}")
+
+
+def card_record(path: PathLike) -> Dict[str, str]:
+    """``{"card": path, "card_sha256": sha256 of the file}``: how outputs record the card they used."""
+    path = Path(path)
+    return {"card": str(path), "card_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+# ---------------------------------------------------------------- weights identity
+def check_weights(card: ScorerCard, model: "nn.Module", source: str = "card") -> None:
+    """InputError unless ``model`` holds the weights ``card`` was made with (``models.weights_of``)."""
+    from .models import weights_of
+
+    label, identity = weights_of(model)
+    if identity != card.weights.identity:
+        raise InputError(
+            f"{source} was made with {card.model} weights {card.weights.label} (identity {card.weights.identity}), "
+            f"but the model it is applied to holds {label} (identity {identity}). Fix: load the model with "
+            f"the card's weights (--checkpoint / the same local weights), or make a card for these weights "
+            f"with `posthoc-csra bench --select-on val --save-cards DIR`")
+
+
+# ---------------------------------------------------------------- card → scorer
+def scorer_from_card(card: Union[ScorerCard, PathLike], model: "nn.Module") -> "CSRAScorer":
+    """The ``CSRAScorer`` a card describes, on ``model``; refuses other weights and non-scorer methods."""
+    from .scorer import CSRAScorer
+
+    source = "card" if isinstance(card, ScorerCard) else f"--card {card}"
+    card = card if isinstance(card, ScorerCard) else read_card(card)
+    check_weights(card, model, source)
+    if not card.runnable:
+        raise InputError(
+            f"{source} chose method {card.rule.method!r} ({card.chosen_with.dataset} val mAP "
+            f"{card.chosen_with.val_mAP:.2f}), a baseline CSRAScorer cannot run yet; it runs "
+            f"{', '.join(SCORER_METHODS)}. Fix: re-run bench with --card-methods {','.join(SCORER_METHODS)} so the "
+            f"card keeps the best choice the scorer runs (cards_from_table(..., methods=SCORER_METHODS))")
+    return CSRAScorer(model, lam=card.lam, heads=card.rule.temperatures, space=card.rule.space,
+                      input_size=(3, card.preprocessing.img_size, card.preprocessing.img_size))
+
+
+def load_card_scorer(card: Union[ScorerCard, PathLike], checkpoint=None, pretrained: Optional[bool] = None):
+    """(model, scorer) for a card: the model loaded as ``bench`` loads it at the card's size, then checked."""
+    card = card if isinstance(card, ScorerCard) else read_card(card)
+    prepared = _prepare(card.model, card.preprocessing.img_size, checkpoint, pretrained)
+    return prepared.net, scorer_from_card(card, prepared.net)
+
+
+# ---------------------------------------------------------------- bench table → cards
+def _temperatures(heads) -> Tuple[float, ...]:
+    """A table's heads cell (a head count, or temperatures "1,inf") → temperatures; missing → H=1."""
+    if _is_missing(heads):
+        return HEAD_SETS[1]
+    text = str(heads)
+    if text.isdigit() and int(text) in HEAD_SETS:
+        return HEAD_SETS[int(text)]
+    return tuple(parse_temperature(t) for t in text.split(","))
+
+
+#: On equal val mAP the simpler choice wins: the model itself, then CSRA (the table's order within: smaller λ,
+#: fewer heads), then the baselines.
+_METHOD_RANK = {"model": 0, "csra": 1}
+
+
+def chosen_rows(table, methods: Sequence[str]) -> List[Tuple[dict, Optional[dict]]]:
+    """Per (model, dataset): the selected val row with the best val mAP among ``methods``, and its test row
+    (same img_size, method, space, heads and λ)."""
+    needed = {"model", "dataset", "dataset_spec", "img_size", "split", "method", "space", "heads", "lam", "selected",
+              "mAP"}
+    missing = sorted(needed - set(table.columns))
+    if missing:
+        raise InputError(f"the bench table has no column(s) {', '.join(missing)}; pass the table run_bench returns")
+    table = table[table["error"].isna()] if "error" in table else table
+    val = table[(table["split"] == "val") & table["selected"].fillna(False).astype(bool) & table["mAP"].notna()
+                & table["method"].isin(list(methods))]
+    if val.empty:
+        raise InputError(f"the bench table has no selected validation rows of method {', '.join(methods)}: "
+                         f"cards keep a choice made on a validation split; run bench with --select-on val")
+    rank = val["method"].map(lambda m: _METHOD_RANK.get(m, len(_METHOD_RANK)))
+    val = val.assign(_rank=rank).sort_values(["mAP", "_rank"], ascending=[False, True], kind="stable")
+    chosen = []
+    for _, group in val.groupby(["model", "dataset"], sort=False):
+        best = group.iloc[0].to_dict()
+        test = table[(table["split"] == "test") & (table["model"] == best["model"])
+                     & (table["dataset"] == best["dataset"])]
+        for key in ("img_size", "method", "space", "heads", "lam"):
+            test = test[test[key].isna()] if _is_missing(best[key]) else test[test[key] == best[key]]
+        chosen.append((best, test.iloc[0].to_dict() if len(test) else None))
+    return chosen
+
+
+def _is_missing(value) -> bool:
+    """None, NaN or pandas' NA (a table cell)."""
+    import pandas as pd
+
+    return value is None or (not isinstance(value, (str, tuple, list)) and bool(pd.isna(value)))
+
+
+def _prepare(name: str, img_size: Optional[int], checkpoint, pretrained: Optional[bool]):
+    """The model as ``bench`` loads it for ``img_size``: at its own default size without an img_size option
+    (the weights identity then matches a plain ``load_model(name)``)."""
+    from .runner import prepare_model
+
+    prepared = prepare_model(name, None, checkpoint, pretrained)
+    if img_size is not None and prepared.img_size != img_size:
+        prepared = prepare_model(name, img_size, checkpoint, pretrained)
+    return prepared
+
+
+def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Optional["LoadOptions"] = None,
+                     methods: Sequence[str] = METHODS) -> List[ScorerCard]:
+    """One card per (model, dataset) of a ``run_bench(..., select_on="val")`` table.
+
+    The card keeps the selected row with the best validation mAP over img sizes, methods (only
+    ``methods``), spaces and head sets, with the test mAP of the same choice. ``source`` and
+    ``loading``: the run's (as given to ``run_bench``); its models are loaded and its datasets built
+    again the way the run did, to record the weights identity, preprocessing and fingerprint.
+    """
+    import timm
+
+    from .options import LoadOptions, ModelSource
+    from .runner import build_dataset
+
+    source, loading = source or ModelSource(), loading or LoadOptions()
+    models, cards = {}, []
+    for best, test in chosen_rows(table, methods):
+        size = None if _is_missing(best["img_size"]) else int(best["img_size"])
+        if (best["model"], size) not in models:
+            models[best["model"], size] = _prepare(best["model"], size, source.checkpoint, source.pretrained)
+        prepared = models[best["model"], size]
+        ds = build_dataset(str(best["dataset_spec"]), prepared.img_size, loading)
+        full_frame = bool(getattr(ds, "full_frame", False))
+        method, lam = str(best["method"]), _number(best["lam"])
+        if method == "csra" and lam == 0:
+            method = "model"
+        rule = Rule(method=method, space=str(best["space"]), temperatures=_temperatures(best["heads"]),
+                    lam=lam or 0.0, pool=None if _is_missing(best.get("pool")) else str(best["pool"]))
+        choice = Choice(dataset=str(ds.short_name), fingerprint=ds.fingerprint(), val_mAP=float(best["mAP"]),
+                        test_mAP=None if test is None else _number(test["mAP"]), n_val=_count(best.get("n_images")),
+                        n_test=None if test is None else _count(test.get("n_images")))
+        cards.append(ScorerCard(
+            model=str(best["model"]), num_classes=int(prepared.net.num_classes),
+            weights=Weights(prepared.weights_label, prepared.weights_key),
+            preprocessing=Preprocessing.from_data_config(prepared.preprocessing[full_frame][1], full_frame),
+            rule=rule, chosen_with=choice, timm=timm.__version__))
+    return cards
+
+
+def _count(value) -> Optional[int]:
+    return None if _is_missing(value) else int(value)
+
+
+__all__ = ["CARD_FORMAT", "CARD_VERSION", "SCORER_METHODS", "Weights", "Preprocessing", "Rule",
+           "Choice", "ScorerCard", "card_to_dict", "card_from_dict", "write_card", "write_cards",
+           "read_card", "card_record", "check_weights", "scorer_from_card", "load_card_scorer",
+           "chosen_rows", "cards_from_table"]

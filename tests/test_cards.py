@@ -1,0 +1,189 @@
+"""Scorer cards: the val choice of a bench table kept as JSON, read back, and applied only to the same weights."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from posthoc_csra import cards
+from posthoc_csra.baselines import BASELINES, METHODS
+from posthoc_csra.bench import run_bench
+from posthoc_csra.models import weights_of
+from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
+from posthoc_csra.errors import InputError, MissingInputError
+from posthoc_csra.models import load_model
+from posthoc_csra.scorer import CSRAScorer
+from posthoc_csra.spec import HEAD_SETS
+
+IMG = 64
+MODEL = "test_efficientnet"
+SOURCE = ModelSource(pretrained=False)
+LOADING = LoadOptions(workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bench_table(tmp_path_factory):
+    """A real ``run_bench(select_on="val")`` table: random-weights model on 10 ImageNet-ReaL-named images."""
+    root = tmp_path_factory.mktemp("cards")
+    folder = root / "inet"
+    folder.mkdir()
+    for i in range(2, 12):  # val images 2.. all have ReaL labels
+        pixels = np.random.default_rng(i).integers(0, 256, (IMG + 8, IMG + 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{i:08d}.png")
+    spec = f"imagenet-real:{folder}"
+    table = run_bench(MODEL, spec, EvalOptions(lams="0,0.5,2", heads="1,4", select_on="val"), LOADING,
+                      source=SOURCE, cache_dir=root / "cache", img_sizes=[IMG])
+    assert table["error"].isna().all(), table["error"].dropna().tolist()
+    return table
+
+
+@pytest.fixture(scope="module")
+def card(bench_table):
+    (only,) = cards.cards_from_table(bench_table, SOURCE, LOADING, methods=cards.SCORER_METHODS)
+    return only
+
+
+@pytest.fixture(scope="module")
+def model():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as bench loads random weights
+        return load_model(MODEL, pretrained=False, img_size=IMG)
+
+
+def _csra_card(card, lam=0.5, space="prob", temperatures=(1.0, math.inf)):
+    return dataclasses.replace(card, rule=cards.Rule("csra", space, temperatures, lam))
+
+
+def _row(table, card, split):
+    """The table row a card's choice came from."""
+    rows = table[(table["split"] == split) & (table["method"] == card.rule.method)
+                 & (table["space"] == card.rule.space)]
+    if card.rule.method == "csra":
+        rows = rows[(rows["lam"] == card.rule.lam) & (rows["heads"] == len(card.rule.temperatures))]
+    return rows.iloc[0]
+
+
+def test_card_keeps_the_best_validation_choice_and_its_test_map(bench_table, card):
+    val = bench_table[(bench_table["split"] == "val") & bench_table["selected"]]
+    assert card.chosen_with.val_mAP == val[val["method"].isin(["model", "csra"])]["mAP"].max()
+    assert card.runnable and card.rule.method in ("model", "csra")
+    chosen = _row(bench_table, card, "val")
+    assert chosen["selected"] and chosen["mAP"] == card.chosen_with.val_mAP
+    assert card.chosen_with.test_mAP == _row(bench_table, card, "test")["mAP"]
+    assert (card.chosen_with.n_val, card.chosen_with.n_test) == (5, 5)
+    assert card.chosen_with.dataset == "imagenet-real" and len(card.chosen_with.fingerprint) == 64
+    assert card.model == MODEL and card.num_classes == 1000
+
+
+def _table(rows):
+    base = dict(model="m", dataset="d", dataset_spec="csv:d.csv", img_size=64, split="val", space="logit", heads=pd.NA, lam=np.nan,
+                selected=True, error=pd.NA)
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_chosen_rows_prefer_the_simpler_method_on_ties_and_pair_the_test_row():
+    table = _table([dict(method="max-pool", mAP=50.0), dict(method="csra", heads=1, lam=0.5, mAP=50.0),
+                    dict(method="model", mAP=50.0), dict(method="csra", heads=4, lam=0.5, mAP=49.0),
+                    dict(method="model", split="test", mAP=40.0),
+                    dict(method="csra", heads=1, lam=0.5, split="test", mAP=41.0)])
+    ((best, test),) = cards.chosen_rows(table, METHODS)
+    assert best["method"] == "model" and test["mAP"] == 40.0
+    ((best, test),) = cards.chosen_rows(table, ["csra", "max-pool"])
+    assert (best["method"], best["heads"], test["mAP"]) == ("csra", 1, 41.0)
+    ((best, test),) = cards.chosen_rows(table, ["max-pool"])
+    assert best["method"] == "max-pool" and test is None  # no test row of that choice
+
+
+def test_card_records_the_preprocessing_bench_used(card, model):
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(model)
+    p = card.preprocessing
+    assert p.img_size == IMG and p.full_frame is False  # imagenet-real: timm's centre crop
+    assert (p.crop_pct, p.interpolation, p.mean, p.std) == (config["crop_pct"], config["interpolation"],
+                                                            tuple(config["mean"]), tuple(config["std"]))
+    assert p.transform()(Image.new("RGB", (90, 70))).shape == (3, IMG, IMG)
+
+
+def test_card_json_round_trip_writes_inf_as_text(card, tmp_path):
+    card = _csra_card(card, temperatures=(1.0, 2.0, math.inf))
+    (path,) = cards.write_cards([card], tmp_path)
+    assert path.name == f"{MODEL}__imagenet-real.json"
+    data = json.loads(path.read_text())
+    assert data["heads"] == [1.0, 2.0, "inf"] and data["method"] == "csra" and data["version"] == cards.CARD_VERSION
+    assert data["dataset"]["name"] == "imagenet-real" and data["timm"] and data["weights"]["identity"]
+    assert cards.read_card(path) == card
+    record = cards.card_record(path)
+    assert record["card"] == str(path) and len(record["card_sha256"]) == 64
+
+
+def test_scorer_from_card_is_the_scorer_the_card_describes(card, model):
+    chosen = _csra_card(card, lam=0.5, space="prob", temperatures=(1.0, math.inf))
+    scorer = cards.scorer_from_card(chosen, model)
+    assert (scorer.lam, scorer.space, scorer.temperatures) == (0.5, "prob", (1.0, math.inf))
+    x = torch.randn(2, 3, IMG, IMG)
+    expected = CSRAScorer(model, lam=0.5, heads=(1.0, math.inf), space="prob")(x)
+    assert torch.equal(scorer(x), expected)
+
+
+def test_model_method_card_is_lambda_zero(card, model):
+    plain = dataclasses.replace(card, rule=cards.Rule("model", "logit", (math.inf,), 0.0))
+    scorer = cards.scorer_from_card(plain, model)
+    x = torch.randn(1, 3, IMG, IMG)
+    assert scorer.lam == 0 and torch.equal(scorer(x), model(x))
+
+
+def test_card_for_other_weights_is_refused(card, tmp_path):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)  # other random weights than bench's seed 0
+        other = load_model(MODEL, pretrained=False, img_size=IMG)
+    (path,) = cards.write_cards([card], tmp_path)
+    with pytest.raises(InputError) as err:
+        cards.scorer_from_card(path, other)
+    message = str(err.value)
+    assert card.weights.identity in message and weights_of(other)[1] in message
+    assert str(path) in message and "Fix:" in message
+
+
+def test_baseline_choice_is_kept_but_not_run(bench_table, model):
+    val = bench_table[(bench_table["split"] == "val") & bench_table["selected"]]
+    best_baseline = val[~val["method"].isin(["model", "csra"])]["mAP"].max()
+    (card,) = cards.cards_from_table(bench_table, SOURCE, LOADING, methods=list(BASELINES))
+    assert card.rule.method in BASELINES and not card.runnable
+    assert card.chosen_with.val_mAP == best_baseline
+    with pytest.raises(InputError, match=card.rule.method):
+        cards.scorer_from_card(card, model)
+
+
+def test_table_without_a_validation_choice_is_refused(bench_table):
+    with pytest.raises(InputError, match="--select-on val"):
+        cards.cards_from_table(bench_table.assign(split="all", selected=pd.NA))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.pop("format"), "not a posthoc-csra scorer card"),
+    (lambda d: d.update(version=cards.CARD_VERSION + 1), "version"),
+    (lambda d: d.pop("lam"), "malformed"),
+    (lambda d: d.update(method="magic"), "unknown method"),
+    (lambda d: d.update(space="rank"), "unknown space"),
+    (lambda d: d.update(heads=[0]), "positive"),
+])
+def test_bad_cards_are_refused(card, tmp_path, edit, match):
+    data = cards.card_to_dict(card)
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=match):
+        cards.read_card(path)
+
+
+def test_missing_or_non_json_card_is_refused(tmp_path):
+    with pytest.raises(MissingInputError, match="no such file"):
+        cards.read_card(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(InputError, match="not JSON"):
+        cards.read_card(tmp_path / "x.json")

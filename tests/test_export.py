@@ -1,0 +1,106 @@
+"""``torch.export`` of the whole scorer: one program, any batch size, the eager scorer's scores on real images."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from posthoc_csra import cards, export
+from posthoc_csra.runner import prepare_model
+from posthoc_csra.models import weights_of
+from posthoc_csra.errors import InputError
+from posthoc_csra.scorer import CSRAScorer
+
+IMG = 64
+
+
+def _scorer(name, space):
+    prepared = prepare_model(name, IMG, pretrained=False)
+    transform, config = prepared.preprocessing[False]
+    scorer = CSRAScorer(prepared.net, lam=0.5, heads=(1.0, math.inf), space=space, input_size=config["input_size"])
+    return scorer, transform
+
+
+@pytest.mark.parametrize("name, space", [("resnet18", "logit"), ("test_vit", "prob")])
+def test_exported_program_scores_equal_the_scorer_at_batch_1_and_3(name, space, photos, tmp_path):
+    scorer, transform = _scorer(name, space)
+    paths = export.check_images(photos)
+    images = export.load_images(paths, transform)
+    assert images.shape == (3, 3, IMG, IMG)
+    result = export.export_scorer(scorer, images, tmp_path / "scorer.pt2", {"model": name}, image_names=["a"])
+    assert result.check.batch_sizes == (1, 3) and result.check.max_abs_diff <= 1e-5
+
+    module, meta = export.load_program(tmp_path / "scorer.pt2")  # one program, two batch sizes
+    assert meta["model"] == name and meta["input_size"] == [3, IMG, IMG]
+    with torch.no_grad():
+        for batch in (1, 3):
+            expected = scorer(images[:batch])
+            assert torch.allclose(module(images[:batch]), expected, rtol=0, atol=1e-5)
+    assert [p.name for p in tmp_path.iterdir()] == ["scorer.pt2"]  # no temporary file left
+
+
+def test_a_program_that_disagrees_with_the_scorer_is_not_written(photos, tmp_path, monkeypatch):
+    scorer, transform = _scorer("test_resnet", "logit")
+    images = export.load_images(export.check_images(photos, limit=1), transform)
+    load = export.load_program
+
+    def shifted(path):
+        module, meta = load(path)
+        return (lambda x: module(x) + 1e-3), meta
+    monkeypatch.setattr(export, "load_program", shifted)
+    with pytest.raises(export.ExportCheckError, match="differ"):
+        export.export_scorer(scorer, images, tmp_path / "scorer.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _card(name="test_efficientnet"):
+    """A card for ``name`` with random weights (bench's seed), as bench --save-cards writes it."""
+    prepared = prepare_model(name, IMG, pretrained=False)
+    return cards.ScorerCard(
+        model=name, num_classes=prepared.net.num_classes, weights=cards.Weights(*weights_of(prepared.net)),
+        preprocessing=cards.Preprocessing.from_data_config(prepared.preprocessing[True][1], full_frame=True),
+        rule=cards.Rule("csra", "logit", (2.0, math.inf), 0.3), timm="test",
+        chosen_with=cards.Choice("test-data", "0" * 64, val_mAP=50.0, test_mAP=None))
+
+
+def test_export_card_exports_the_cards_scorer(photos, tmp_path):
+    card = _card()
+    path = cards.write_card(card, tmp_path / "card.json")
+    result = export.export_card(path, tmp_path / "scorer.pt2", pretrained=False, images=photos / "parrot.jpg")
+    assert result.check.images == ("parrot.jpg",) and result.check.max_abs_diff <= 1e-5
+    _, meta = export.load_program(result.path)
+    assert meta["card"] == cards.card_to_dict(card) and meta["card_file"] == cards.card_record(path)
+    assert (meta["lam"], meta["heads"], meta["space"]) == (0.3, [2.0, "inf"], "logit")
+    assert meta["data_config"]["crop_pct"] == 1.0 and len(meta["classes"]) == card.num_classes
+
+
+def test_export_card_refuses_a_card_for_other_weights(photos, tmp_path):
+    card = _card()
+    other = dataclasses.replace(card, weights=cards.Weights("elsewhere", "sha256:other-weights"))
+    path = cards.write_card(other, tmp_path / "card.json")
+    with pytest.raises(InputError, match="sha256:other-weights"):
+        export.export_card(path, tmp_path / "scorer.pt2", pretrained=False, images=photos / "parrot.jpg")
+    assert not (tmp_path / "scorer.pt2").exists()
+
+
+def test_onnx_export_matches_the_scorer_at_batch_1_and_3(photos, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")  # the optional `onnx` extra (installed with `dev`)
+    scorer, transform = _scorer("test_vit", "logit")
+    images = export.load_images(export.check_images(photos), transform)
+    result = export.export_scorer(scorer, images, tmp_path / "s.pt2", onnx=tmp_path / "s.onnx")
+    assert result.onnx_check.batch_sizes == (1, 3) and result.onnx_check.max_abs_diff <= export.ONNX_ATOL
+    session = onnxruntime.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for batch in (1, 3):
+            (got,) = session.run(None, {session.get_inputs()[0].name: images[:batch].numpy()})
+            assert torch.allclose(torch.from_numpy(got), scorer(images[:batch]), rtol=0, atol=export.ONNX_ATOL)
+
+
+def test_onnx_without_its_packages_says_how_to_install_them(photos, tmp_path, monkeypatch):
+    scorer, transform = _scorer("test_resnet", "logit")
+    images = export.load_images(export.check_images(photos, limit=1), transform)
+    real = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == "onnxscript" else real(name))
+    with pytest.raises(InputError, match=r"onnxscript.*posthoc-csra\[onnx\]"):
+        export.export_onnx(export.export_program(scorer, images), scorer, images, tmp_path / "s.onnx")
+    assert not (tmp_path / "s.onnx").exists()
