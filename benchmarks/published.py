@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     from posthoc_csra.bench import run_bench
     from posthoc_csra.config import shared_dir
-    from posthoc_csra.scoring import write_table
+    from posthoc_csra.tables import write_table
 
     shared = Path(args.shared) if args.shared else shared_dir()
     if shared is None:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError, MissingInputError
+
 __all__ = ["find_images", "readable_extensions", "ImageLoadError", "load_rgb",
            "relative_name", "ImageFiles", "collate_images"]
 
@@ -35,7 +37,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     """Image files under root (recursive, hidden skipped), sorted by relative posix path."""
     root = Path(root)
     if not root.exists() and not root.is_symlink():
-        raise FileNotFoundError(f"no such file or folder: {root}")
+        raise MissingInputError(f"no such file or folder: {root}")
     if not root.is_dir():
         return [root]
     exts = readable_extensions()
@@ -48,7 +50,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
             path = Path(dirpath) / name
             found.append((path.relative_to(root).as_posix(), path))
     if not found:
-        raise ValueError(f"no images found under {root} "
+        raise InputError(f"no images found under {root} "
                          f"(extensions Pillow reads: {' '.join(sorted(exts))})")
     return [path for _, path in sorted(found)]
 
@@ -64,7 +66,7 @@ def relative_name(path: str | os.PathLike, root: str | os.PathLike) -> str:
         raise ValueError(f"{path} is not under {root}") from None
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(InputError):
     """An image file that could not be decoded; ``reason`` says why."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .spec import HEAD_SETS, INF, STAT_TEMPERATURES, Heads, parse_temperature, resolve_temperatures  # noqa: F401
+from .parsing import parse_temperature  # noqa: F401
+from .spec import HEAD_SETS, INF, STAT_TEMPERATURES, Heads, resolve_temperatures  # noqa: F401
 
 
 def attention(s: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -7,13 +7,17 @@ from typing import Optional
 
 import torch
 
+from .errors import InputError
 from .spec import AMP_CHOICES
 
 AMP_DTYPES = dict(zip(AMP_CHOICES, (None, torch.bfloat16, torch.float16)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
+    """Where and how the backbone runs: ``device``, autocast dtype ``amp`` (``spec.AMP_CHOICES``),
+    ``channels_last`` memory format, ``compile`` (torch.compile of ``forward_features``)."""
+
     device: str = "cpu"
     amp: str = "none"
     channels_last: bool = False
@@ -21,9 +25,16 @@ class Runtime:
 
     def __post_init__(self):
         if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: CUDA is not available here; use --device cpu")
+            raise InputError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"device {self.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {self.device}: CUDA is not available here; use cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
     @property
     def torch_device(self) -> torch.device:

@@ -4,56 +4,46 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .spec import DEFAULT_MODEL
+from .errors import PosthocCsraError
+from .parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers, format_temperatures,
+                      parse_temperatures)
+from .spec import DEFAULT_MODEL, check_space, resolve_temperatures
+from .tables import check_table_path, write_table
 
-OUTPUT_FORMATS = (".csv", ".json", ".parquet")
+#: The constant leading columns of a score table: the settings that produced it.
+SETTINGS_COLUMNS = ("model", "weights", "img_size", "space", "lam", "temperatures")
 
 
-class NothingScoredError(RuntimeError):
-    """No image under the folder could be scored (or --strict and some failed)."""
+class NothingScoredError(PosthocCsraError, RuntimeError):
+    """No image under the folder could be scored (or ``strict`` and some failed)."""
 
 
 @dataclass
 class ScoreResult:
+    """The table (one row per file: ``SETTINGS_COLUMNS``, image, error, top-k, and class scores with
+    ``all_scores``), counts, and the settings that produced it (also in ``table.attrs``)."""
+
     table: "pandas.DataFrame"  # noqa: F821
     n_scored: int
     n_failed: int
     model_note: str
     output: Optional[Path] = None
     class_names: List[str] = field(default_factory=list)
+    settings: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def temperatures(self) -> Tuple[float, ...]:
+        return parse_temperatures(self.settings["temperatures"])
 
 
-def check_output_path(output: Union[str, Path, None]) -> Optional[Path]:
-    """Validate the output file's extension before any work is done."""
-    if output is None:
-        return None
-    path = Path(output)
-    if path.suffix.lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"--output {path}: unknown format {path.suffix!r}; use one of {', '.join(OUTPUT_FORMATS)}")
-    return path
-
-
-def write_table(table, path: Path) -> None:
-    """Write a DataFrame as CSV, JSON (records) or Parquet, by extension; atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table.to_csv(tmp, index=False)
-    elif suffix == ".json":
-        table.to_json(tmp, orient="records", indent=1)
-    else:
-        table.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
-def unique_column_names(names: Sequence[str]) -> List[str]:
-    """Class labels as column names; a repeated label gets its class index appended."""
-    counts = {}
+def unique_column_names(names: Sequence[str], reserved: Sequence[str] = ()) -> List[str]:
+    """Class labels as column names; a label that repeats or is a ``reserved`` column gets its class index
+    appended."""
+    counts = {name: 1 for name in reserved}
     for name in names:
         counts[name] = counts.get(name, 0) + 1
     return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
@@ -79,29 +69,41 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
                  progress: bool = True) -> ScoreResult:
     """Score every image under ``image_dir``; one row per file, bad files get an ``error``.
 
-    Raises NothingScoredError when no image could be scored, or when ``strict`` and any failed.
+    The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, space, λ, temperatures),
+    constant over the rows, so every written file says what produced it. ``output`` (.csv, .json,
+    .parquet) is written atomically; Parquet also stores the settings in its schema metadata.
+
+    Raises NothingScoredError when no image could be scored, or when ``strict`` and any failed; every
+    argument is checked before the model is loaded.
     """
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
     from .images import ImageFiles, collate_images, find_images, relative_name
-    from .models import check_model_name, class_names, load_model
+    from .models import check_model_name, class_names, load_model, weights_of
     from .runtime import Runtime
     from .scorer import CSRAScorer
 
-    output = check_output_path(output)
+    output = check_table_path(output)
+    lam, topk, img_size = check_lam(lam), check_topk(topk), check_img_size(img_size)
+    batch_size, workers = check_batch_size(batch_size), check_workers(workers)
+    temperatures, space = resolve_temperatures(heads), check_space(space)
     runtime = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile)
     check_model_name(model)
     paths = find_images(image_dir)
     net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
                      **({"img_size": img_size} if img_size else {}))
     transform, config = data_transform(net, img_size)
-    scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
+    scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=temperatures, space=space,
+                                        input_size=config["input_size"]))
     runtime.compile_model(net)
     scorer.report()
     names = class_names(net)
     topk = min(topk, scorer.num_classes)
+    height, width = (int(v) for v in config["input_size"][-2:])
+    settings = dict(model=model, weights=weights_of(net)[0], img_size=height if height == width else f"{height}x{width}",
+                    space=space, lam=lam, temperatures=format_temperatures(scorer.temperatures))
 
     files = ImageFiles(paths, image_dir, transform)
     loader = torch.utils.data.DataLoader(files, batch_size=batch_size, num_workers=workers,
@@ -120,7 +122,8 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
             bar.update(len(good) + len(failures))
 
     ok = np.array([e is None for e in errors])
-    table = pd.DataFrame({"image": [relative_name(p, image_dir) for p in paths],
+    table = pd.DataFrame({**{k: [v] * len(paths) for k, v in settings.items()},
+                          "image": [relative_name(p, image_dir) for p in paths],
                           "error": pd.array(errors, dtype="string")})
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :topk]
     top_scores = np.take_along_axis(scores, order, axis=1)
@@ -129,10 +132,11 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
         table[f"top{rank + 1}"] = np.where(ok, label_array[order[:, rank]], None)
         table[f"top{rank + 1}_score"] = np.where(ok, top_scores[:, rank], np.nan)
     if all_scores:
-        table = pd.concat([table, pd.DataFrame(scores, columns=unique_column_names(names))], axis=1)
-    table.attrs.update(model=model, lam=lam, heads=list(scorer.temperatures), space=space)
+        class_columns = unique_column_names(names, reserved=list(table.columns))
+        table = pd.concat([table, pd.DataFrame(scores, columns=class_columns)], axis=1)
+    table.attrs.update(settings)
 
-    result = ScoreResult(table, int(ok.sum()), int((~ok).sum()), scorer.describe(), output, names)
+    result = ScoreResult(table, int(ok.sum()), int((~ok).sum()), scorer.describe(), output, names, settings)
     if output is not None:
         write_table(table, output)
     if result.n_scored == 0:

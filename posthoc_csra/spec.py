@@ -55,12 +55,6 @@ def check_lam(lam) -> float:
     return value
 
 
-def parse_temperature(text: str) -> float:
-    """``"inf"``/``"∞"`` → math.inf, otherwise a positive float."""
-    text = text.strip().lower()
-    return INF if text in ("inf", "infinity", "∞") else float(text)
-
-
 def check_space(space: str) -> str:
     """``space`` when it names a registered score space (see ``spaces.get_space``)."""
     from .spaces import get_space

@@ -15,7 +15,7 @@ from posthoc_csra.bench import (COLUMNS, class_map_for, evaluate_stats, expand_m
                                 parse_spaces, run_bench)
 from posthoc_csra.classmaps import map_scores
 from posthoc_csra.cli import main
-from posthoc_csra.cli_bench import to_markdown
+from posthoc_csra.cli.bench import markdown_table
 from posthoc_csra.datasets import VOC_CLASSES
 from posthoc_csra.metrics import f1_scores, mean_average_precision
 from posthoc_csra.models import load_model
@@ -209,7 +209,7 @@ def test_failing_model_or_dataset_becomes_error_rows(tmp_path):
     assert len(errors) == 3
     assert "no class map" in errors[("test_efficientnet", f"csv:{tmp_path / 'labels.csv'}")]
     assert all("unknown timm model" in e for e in errors["no_such_model_zz"])
-    assert to_markdown(df).splitlines()[0].endswith("| error |")
+    assert markdown_table(df).splitlines()[0].endswith("| error |")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
@@ -221,10 +221,10 @@ def test_ray_without_ray_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "--ray needs Ray" in result.output
 
 
-def test_to_markdown():
+def test_markdown_table():
     df = pd.DataFrame({"model": ["m"], "lam": [0.1], "mAP": [91.234], "delta": [0.5], "selected": [pd.NA],
                        "error": pd.array([None], dtype="string")})
-    assert to_markdown(df) == "| model | lam | selected | mAP | delta |\n|---|---|---|---|---|\n" \
+    assert markdown_table(df) == "| model | lam | selected | mAP | delta |\n|---|---|---|---|---|\n" \
                               "| m | 0.1 |  | 91.23 | +0.50 |\n"
 
 

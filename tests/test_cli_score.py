@@ -121,3 +121,32 @@ def test_default_model_runs_offline_without_a_checkpoint(photos, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = _score([str(photos / "parrot.jpg")])
     assert result.exit_code == 0 and "macaw" in result.output
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two")
+    Image.new("RGB", (80, 60), (200, 10, 10)).save(root / "red.png")
+    Image.new("RGB", (50, 70), (10, 200, 10)).save(root / "green.jpg")
+    return root
+
+
+@pytest.mark.parametrize("ext", ["csv", "json", "parquet"])
+def test_every_output_records_its_settings(two_images, tmp_path, ext):
+    from posthoc_csra.scoring import SETTINGS_COLUMNS
+    from posthoc_csra.tables import read_metadata
+
+    out = tmp_path / f"s.{ext}"
+    result = _score([str(two_images), "-m", "test_vit", "--random-weights", "--img-size", "64", "--lam", "0.25",
+                     "--space", "prob", "--temperatures", "2,inf", "-o", str(out), "--all-scores"])
+    assert result.exit_code == 0, result.output
+    table = {"csv": pd.read_csv, "parquet": pd.read_parquet,
+             "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}[ext](out)
+    expected = dict(model="test_vit", weights="random", img_size=64, space="prob", lam=0.25, temperatures="2,inf")
+    assert list(table.columns[:len(SETTINGS_COLUMNS)]) == list(SETTINGS_COLUMNS) == list(expected)
+    for column, value in expected.items():
+        assert (table[column] == value).all(), column
+    assert len(table) == 2 and not list(tmp_path.glob(".*"))  # written atomically: no temp file left
+    if ext == "parquet":
+        assert read_metadata(out) == expected
+    assert "test_vit (random) at 64 px, prob space, λ=0.25, heads T={2,∞}" in result.output

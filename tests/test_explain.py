@@ -8,7 +8,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from posthoc_csra.cli import main
-from posthoc_csra.explain import crop_box, explain_image, match_classes
+from posthoc_csra.explain import check_figure_path, crop_box, explain_image, match_classes, render
 
 IMAGENET_LIKE = ["tench, Tinca tinca", "Italian greyhound", "Boston bull, Boston terrier",
                  "crane", "crane", "Irish wolfhound"]
@@ -64,10 +64,9 @@ def test_unknown_class_name_suggests_close_matches():
 # ---- the pets photo with EfficientNet-Lite0 -----------------------------------------------
 
 @pytest.fixture(scope="module")
-def pets(photos, lite0_weights, tmp_path_factory):
-    out = tmp_path_factory.mktemp("explain") / "pets.png"
+def pets(photos, lite0_weights):
     return explain_image(photos / "pets.jpg", model="tf_efficientnet_lite0", checkpoint=lite0_weights,
-                         topk=5, space="prob", output=out)
+                         topk=5, space="prob")
 
 
 def test_pets_both_breeds_in_top5_ranked_by_csra(pets):
@@ -93,9 +92,10 @@ def test_pets_each_breed_map_peaks_on_its_own_dog(pets):
         assert (x < width / 2) == (side == "left"), f"{name} map peaks at x={x:.0f} of {width}"
 
 
-def test_pets_figure_is_a_readable_png(pets):
-    assert pets.output.is_file()
-    with Image.open(pets.output) as figure:
+def test_explain_image_computes_render_draws(pets, tmp_path):
+    output = render(pets, tmp_path / "pets.png")
+    assert output == tmp_path / "pets.png" and [p.name for p in tmp_path.iterdir()] == ["pets.png"]  # no temp left
+    with Image.open(output) as figure:
         assert figure.format == "PNG"
         assert 1200 <= figure.width <= 4000 and 300 <= figure.height <= 2000  # five panels in a row
         assert np.asarray(figure.convert("L")).std() > 20  # not blank
@@ -104,8 +104,8 @@ def test_pets_figure_is_a_readable_png(pets):
 # ---- ViT: the grid comes from the model ------------------------------------------------
 
 def test_vit_maps_use_the_models_token_grid(photos, tmp_path):
-    result = explain_image(photos / "pets.jpg", model="test_vit", pretrained=False, img_size=96, heads=2,
-                           topk=1, output=tmp_path / "vit.png")
+    result = explain_image(photos / "pets.jpg", model="test_vit", pretrained=False, img_size=96, heads=2, topk=1)
+    render(result, tmp_path / "vit.png")
     expected = tuple(timm.create_model("test_vit", pretrained=False, img_size=96).patch_embed.grid_size)
     assert expected == (6, 6)  # not the model's default 160 / 16 = 10
     assert result.grid == expected and result.maps.shape == (1, *expected)
@@ -118,9 +118,16 @@ def test_vit_maps_use_the_models_token_grid(photos, tmp_path):
     assert (tmp_path / "vit.png").stat().st_size > 10_000
 
 
-def test_bad_figure_format_fails_before_any_work(photos, tmp_path):
+def test_bad_figure_format_fails_before_any_work(photos, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown figure format"):
-        explain_image(photos / "pets.jpg", output=tmp_path / "maps.txt")
+        check_figure_path(tmp_path / "maps.txt")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("explain_image ran")
+    monkeypatch.setattr("posthoc_csra.explain.explain_image", no_work)
+    result = CliRunner().invoke(main, ["explain", str(photos / "pets.jpg"), "-o", str(tmp_path / "maps.txt")])
+    assert result.exit_code == 2 and "--output" in result.output and "unknown figure format" in result.output
+    assert isinstance(result.exception, SystemExit) and not (tmp_path / "maps.txt").exists()
 
 
 # ---- CLI -------------------------------------------------------------------------------

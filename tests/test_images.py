@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from posthoc_csra.errors import InputError, MissingInputError
 from posthoc_csra.images import (ImageFiles, ImageLoadError, collate_images, find_images,
                                  load_rgb, readable_extensions, relative_name)
 
@@ -29,6 +30,7 @@ def _jpeg_bytes(size=(64, 48)):
 def _reason(path):
     with pytest.raises(ImageLoadError) as info:
         load_rgb(path)
+    assert isinstance(info.value, InputError)  # a bad input file: the CLI shows it as one line
     assert info.value.path == path and str(path) in str(info.value)
     return info.value.reason
 
@@ -69,12 +71,12 @@ def test_find_images_single_file_and_relative_name(tmp_path):
 
 
 def test_find_images_missing_and_empty(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(MissingInputError, match="no such file or folder"):
         find_images(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
     _save(tmp_path / "empty" / ".hidden.png", Image.new("RGB", (4, 4)))
-    with pytest.raises(ValueError, match=r"no images found under .*\(extensions Pillow reads: .*\.png"):
+    with pytest.raises(InputError, match=r"no images found under .*\(extensions Pillow reads: .*\.png"):
         find_images(tmp_path / "empty")
 
 

@@ -1,0 +1,157 @@
+"""``posthoc-csra bench``: the command line of ``bench.run_bench`` (torch-free until it runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..executors import EXECUTORS
+from ..parsing import parse_heads, parse_img_sizes, parse_lams, parse_spaces
+from ..tables import check_table_path
+from .options import OptionError, OptionGroup, checked, device_options, loader_options, progress_option, \
+    weights_options
+
+#: --output formats: a data table (a Markdown .md is written beside it) or Markdown only.
+OUTPUT_FORMATS = (".csv", ".parquet", ".json", ".md")
+#: The Markdown view of the benchmark table: which columns, and how numbers are written.
+MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "split", "n_images", "space", "heads", "lam", "selected",
+                    "mAP", "delta", "CF1", "OF1", "error"]
+MARKDOWN_FORMATS = {"mAP": ".2f", "delta": "+.2f", "CF1": ".2f", "OF1": ".2f", "lam": "g"}
+
+
+def markdown_table(table) -> str:
+    """The benchmark table as GitHub Markdown (``MARKDOWN_COLUMNS``; an empty error column is dropped)."""
+    from ..tables import to_markdown
+
+    return to_markdown(table, MARKDOWN_COLUMNS, MARKDOWN_FORMATS)
+
+
+def _output_path(path):
+    return check_table_path(path, OUTPUT_FORMATS)
+
+
+#: → ``sweep``: what is evaluated (run_bench's lams, heads, spaces, img_sizes).
+sweep_options = OptionGroup("sweep", (
+    click.option("--lam", "lams", default="0:1:0.1", show_default=True, callback=checked(parse_lams),
+                 help="λ list, each ≥ 0: numbers and start:stop:step ranges (stop included), e.g. 0,0.1,0.3 or "
+                      "0:1:0.1. λ=0 (the model itself) is always added as the baseline."),
+    click.option("--heads", default="1", show_default=True, callback=checked(parse_heads),
+                 help="Paper head sets to evaluate, e.g. 1,4,8."),
+    click.option("--space", "spaces", default="logit,prob", show_default=True, callback=checked(parse_spaces),
+                 help="Score spaces to evaluate: logit, prob or both."),
+    click.option("--img-size", "img_sizes", multiple=True, callback=checked(parse_img_sizes), metavar="N|default",
+                 help="Input size (>= 32, or 'default': the model's own); repeatable or comma-separated "
+                      "(e.g. --img-size default,448). Part of the cache key."),
+))
+
+#: → ``evaluation``: how rows are split and scored (run_bench's select_on, val_fraction, split_seed, pool, threshold).
+evaluation_options = OptionGroup("evaluation", (
+    click.option("--select-on", type=click.Choice(["val"]),
+                 help="Choose λ on a validation half and report it on the disjoint test half "
+                      "(rows split=val/test, the chosen λ has selected=True)."),
+    click.option("--val-fraction", type=float, default=0.5, show_default=True, help="Validation share (--select-on)."),
+    click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the val/test split."),
+    click.option("--pool", type=click.Choice(["max", "sum"]), default="max", show_default=True,
+                 help="Prob-space pooling of ImageNet classes into VOC/COCO classes (logit space: always max)."),
+))
+
+#: → ``data``: the statistics cache and how mosaic datasets are built (run_bench's cache_dir, chunk_size,
+#: dataset_seed, mosaic_count).
+data_options = OptionGroup("data", (
+    click.option("--cache-dir", type=click.Path(file_okay=False),
+                 help="Statistics cache folder (default: $POSTHOC_CSRA_CACHE or ~/.cache/posthoc-csra)."),
+    click.option("--chunk-size", type=int, default=128, show_default=True,
+                 help="Images per cache chunk (for a new cache)."),
+    click.option("--dataset-seed", type=int, default=0, show_default=True, help="Seed of mosaic datasets."),
+    click.option("--mosaic-count", type=int, help="Number of mosaics (default: as many as the images allow)."),
+))
+
+
+def _executor(executor, ray, ray_address, gpus_per_task, cpus_per_task):
+    from ..executors import make_executor
+
+    if ray and executor != "ray" and click.get_current_context().get_parameter_source("executor") \
+            != click.core.ParameterSource.DEFAULT:
+        raise OptionError(f"--ray is short for --executor ray; it contradicts --executor {executor}")
+    try:
+        return make_executor("ray" if ray else executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
+                             gpus_per_task=gpus_per_task)
+    except InputError as err:
+        raise OptionError(str(err)) from None
+
+
+#: → ``executor``: the ``executors.Executor`` that runs the chunk tasks (local, or Ray with its resources).
+executor_options = OptionGroup("executor", (
+    click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+                 help="Where the cache chunks are computed: local (this process) or ray (tasks on a Ray "
+                      "cluster, results written by this process; pip install 'posthoc-csra[ray]')."),
+    click.option("--ray", is_flag=True, help="Short for --executor ray."),
+    click.option("--ray-address", metavar="ADDR|auto",
+                 help="Ray cluster to join (auto: the running one). Default: start a local Ray instance."),
+    click.option("--gpus-per-task", type=float, default=0, show_default=True,
+                 help="GPUs per Ray task (with --device cuda)."),
+    click.option("--cpus-per-task", type=float, default=1, show_default=True,
+                 help="CPUs per Ray task; a task starts up to N-1 DataLoader workers (at most --workers)."),
+), _executor)
+
+
+@click.command("bench")
+@click.option("--models", "-m", "models", multiple=True, metavar="NAMES",
+              help="Model names, wildcards (fnmatch over timm.list_models(), or over the manifest's entries "
+                   "with a manifest --checkpoint) or @FILE (one name per line); comma-separated, repeatable. "
+                   "Default with a manifest --checkpoint: all its entries.")
+@weights_options
+@click.option("--dataset", "-d", "datasets", multiple=True, required=True, metavar="SPEC",
+              help="imagenet-real:DIR, mosaic:SPEC, voc2007:DIR, coco2014:DIR, csv:FILE; repeatable.")
+@sweep_options
+@evaluation_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_output_path),
+              help="Write the table: .csv, .parquet or .json (plus a Markdown .md beside it), or .md only.")
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Write the Markdown table here instead.")
+@data_options
+@device_options
+@loader_options
+@executor_options
+@progress_option
+def command(models, weights, datasets, sweep, evaluation, output, markdown, data, device, loader, executor,
+            no_progress):
+    """Benchmark models × datasets × λ × head sets × spaces; print and save a tidy mAP table.
+
+    One backbone pass per model, weights, dataset and preprocessing is cached in --cache-dir; any
+    other λ, head set or space is then evaluated from the cache, without the model.
+
+    \b
+    Examples:
+      posthoc-csra bench -m tf_efficientnet_lite0 --checkpoint ../shared/weights/manifest.json \\
+          -d imagenet-real:../shared/data/imagenet-val-real/images --lam 0,0.1,0.3 --space logit,prob
+      posthoc-csra bench --checkpoint ../shared/weights -d voc2007:VOCdevkit --heads 1,4,8 \\
+          --lam 0:1:0.1 --select-on val -o voc.parquet
+    """
+    from ..bench import run_bench
+    from ..options import EvalOptions, LoadOptions, ModelSource
+    from ..runtime import Runtime
+    from ..tables import write_table, write_text
+
+    options = EvalOptions(lams=sweep["lams"], heads=sweep["heads"], spaces=sweep["spaces"], **evaluation)
+    loading = LoadOptions(batch_size=loader["batch_size"], workers=loader["workers"], chunk_size=data["chunk_size"],
+                          dataset_seed=data["dataset_seed"], mosaic_count=data["mosaic_count"],
+                          progress=not no_progress)
+    runtime = Runtime(**device, compile=loader["compile"])
+    with executor:
+        table = run_bench(list(models), list(datasets), options, loading, runtime, img_sizes=sweep["img_sizes"],
+                          source=ModelSource(**weights), cache_dir=data["cache_dir"], executor=executor)
+    text = markdown_table(table)
+    click.echo(text, nl=False)
+    written = []
+    if output is not None and output.suffix.lower() != ".md":
+        written.append(str(write_table(table, output)))
+    md_path = Path(markdown) if markdown else (output.with_suffix(".md") if output is not None else None)
+    if md_path is not None:
+        written.append(str(write_text(md_path, text)))
+    n_errors = int(table["error"].notna().sum())
+    click.echo(f"{len(table)} row(s), {n_errors} error row(s); backbone pass over "
+               f"{table.attrs.get('backbone_images', 0)} image(s) (the rest came from the statistics cache)"
+               + (f"; wrote {', '.join(written)}" if written else ""), err=True)
+    if n_errors and n_errors == len(table):
+        raise click.ClickException(f"every model/dataset failed; first error: {table['error'].iloc[0]}")

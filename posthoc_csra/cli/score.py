@@ -1,0 +1,64 @@
+"""``posthoc-csra score IMAGE_DIR``: the command line of ``scoring.score_folder``."""
+from __future__ import annotations
+
+import click
+
+from ..tables import check_table_path
+from .options import (checked, device_options, heads_text, img_size_option, loader_options, model_option,
+                      progress_option, rule_options, topk_option, weights_options)
+
+
+def terminal_view(table) -> str:
+    """Image, top-k columns with short labels (the first synonym) and errors, for reading in a terminal."""
+    columns = [c for c in table.columns if c in ("image", "error") or c.startswith("top")]
+    view = table[columns].copy()
+    for column in columns:
+        if column.startswith("top") and not column.endswith("_score"):
+            view[column] = view[column].str.split(",").str[0].fillna("")
+    if view["error"].isna().all():
+        view = view.drop(columns="error")
+    else:
+        view["error"] = view["error"].fillna("")
+    return view.to_string(index=False, na_rep="", float_format="{:.4f}".format)
+
+
+@click.command("score")
+@click.argument("image_dir", type=click.Path())
+@model_option
+@weights_options
+@rule_options
+@img_size_option
+@device_options
+@loader_options
+@topk_option(5, "Top classes per image.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(check_table_path),
+              help="Write all rows to FILE: .csv, .json or .parquet (by extension). Every row records the "
+                   "model, weights, space, λ and temperatures (Parquet: also in the file's metadata).")
+@click.option("--all-scores", is_flag=True, help="One column per class, named by class label, in class order.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be scored.")
+@progress_option
+def command(image_dir, model, weights, rule, img_size, device, loader, topk, output, all_scores, strict,
+            no_progress):
+    """Score every image under IMAGE_DIR (recursive; every format Pillow reads).
+
+    Bad files (truncated, empty, not an image, too large, unreadable) never stop the run: each
+    gets a row with an `error` column. Exit status is 0 when at least one image was scored.
+
+    \b
+    Examples:
+      posthoc-csra score ../shared/data/photos
+      posthoc-csra score photos/ --space prob --lam 0.3 --heads 4 -o scores.parquet
+      posthoc-csra score photos/ -m resnet50 --checkpoint resnet50.safetensors --all-scores -o s.csv
+    """
+    from ..scoring import score_folder
+
+    result = score_folder(image_dir, model=model, **weights, **rule, img_size=img_size, **device, **loader,
+                          topk=topk, all_scores=all_scores, output=output, strict=False, progress=not no_progress)
+    if output is None:
+        click.echo(terminal_view(result.table))
+    settings = result.settings
+    click.echo(f"scored {result.n_scored} image(s), {result.n_failed} failed" + (f"; wrote {output}" if output else "")
+               + f" [{settings['model']} ({settings['weights']}) at {settings['img_size']} px, {settings['space']} "
+                 f"space, λ={settings['lam']:g}, heads {heads_text(result.temperatures)}]", err=True)
+    if strict and result.n_failed:
+        raise click.ClickException(f"--strict: {result.n_failed} file(s) could not be scored (see the error column)")

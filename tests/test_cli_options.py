@@ -1,0 +1,154 @@
+"""Option checks (``parsing.py``): one check per option, the same for every command and the library.
+
+Every bad value is one line naming the option and the fix, a non-zero exit and no traceback. Option
+values are checked while the command line is parsed, so none of these loads a model.
+"""
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from posthoc_csra import parsing
+from posthoc_csra.cli import main
+from posthoc_csra.errors import InputError, PosthocCsraError
+
+
+# ---- the checks themselves ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("check, good, bad", [
+    (parsing.check_lam, [0, 0.0, 0.3, 5], [-1, -1e-9, math.nan, math.inf, "x"]),
+    (parsing.check_topk, [1, 5], [0, -3, 1.5, True, "3"]),
+    (parsing.check_batch_size, [1, 64], [0, -1, 2.0]),
+    (parsing.check_workers, [0, 4], [-1, 0.5]),
+    (parsing.check_img_size, [None, 32, 224], [31, 0, -5, 224.0]),
+])
+def test_checks_accept_and_reject(check, good, bad):
+    for value in good:
+        assert check(value) == value
+    for value in bad:
+        with pytest.raises(InputError):
+            check(value)
+
+
+def test_img_size_says_why_at_least_32():
+    with pytest.raises(InputError, match=r"img_size must be an integer >= 32 .*downsample by up to 32.*got 0"):
+        parsing.check_img_size(0)
+
+
+def test_parse_img_sizes():
+    assert parsing.parse_img_sizes(("default", "448,default", "224")) == [None, 448, 224]
+    assert parsing.parse_img_sizes(()) is None and parsing.parse_img_sizes([None, 96]) == [None, 96]
+    for bad in (("0",), ("-5",), ("x",), ("16",)):
+        with pytest.raises(InputError, match="img_size"):
+            parsing.parse_img_sizes(bad)
+
+
+@pytest.mark.parametrize("bad", ["-1", "0,-0.5", "-1:1:0.5", "nan", "inf"])
+def test_lam_lists_are_checked_like_one_lam(bad):
+    with pytest.raises(InputError, match="λ list.*λ must be finite and >= 0"):
+        parsing.parse_lams(bad)
+
+
+def test_temperatures_round_trip_and_checks():
+    assert parsing.format_temperatures((1.0, 2.0, math.inf)) == "1,2,inf"
+    for temperatures in [(math.inf,), (1.0, math.inf), (0.5, 2.0), (0.1, 1.2345678901234)]:
+        assert parsing.parse_temperatures(parsing.format_temperatures(temperatures)) == temperatures
+    assert parsing.parse_temperatures(" 1, ∞") == (1.0, math.inf)
+    for bad in ("x", "0", "1,-2", ""):
+        with pytest.raises(InputError):
+            parsing.parse_temperatures(bad)
+
+
+def test_library_uses_the_same_checks(tmp_path):
+    from posthoc_csra.explain import explain_image
+    from posthoc_csra.scoring import score_folder
+
+    for kwargs, word in [(dict(lam=-1), "λ"), (dict(topk=0), "topk"), (dict(img_size=0), "img_size"),
+                         (dict(batch_size=0), "batch_size"), (dict(workers=-1), "workers")]:
+        with pytest.raises(InputError, match=word):
+            score_folder(tmp_path, **kwargs)
+    for kwargs, word in [(dict(lam=math.nan), "λ"), (dict(topk=0), "topk"), (dict(img_size=-5), "img_size")]:
+        with pytest.raises(InputError, match=word):
+            explain_image(tmp_path / "x.png", **kwargs)
+
+
+# ---- on the command line -----------------------------------------------------------------------------
+
+def _one_line_error(args, option, exit_code=2):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # handled: no traceback
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and option in lines[0], result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_score_lam_must_be_finite_and_non_negative(tmp_path, value):
+    line = _one_line_error(["score", str(tmp_path), "--lam", value], "--lam")
+    assert "λ must be finite and >= 0" in line and "defined for λ >= 0" in line
+
+
+def test_bench_lam_list_must_be_non_negative(tmp_path):
+    line = _one_line_error(["bench", "-m", "resnet18", "--random-weights", "-d", f"csv:{tmp_path}/l.csv",
+                            "--lam", "-1"], "--lam")
+    assert "λ must be finite and >= 0" in line
+
+
+@pytest.mark.parametrize("command", ["score", "explain", "bench"])
+@pytest.mark.parametrize("value", ["-5", "0", "16"])
+def test_img_size_at_least_32(tmp_path, command, value):
+    args = ["bench", "-d", f"csv:{tmp_path}/l.csv"] if command == "bench" else [command, str(tmp_path / "a.png")]
+    line = _one_line_error(args + ["--img-size", value], "--img-size")
+    assert ">= 32" in line and "downsample" in line
+
+
+@pytest.mark.parametrize("command", ["score", "explain"])
+def test_topk_at_least_1(tmp_path, command):
+    line = _one_line_error([command, str(tmp_path / "a.png"), "--topk", "0"], "--topk")
+    assert ">= 1" in line
+
+
+@pytest.mark.parametrize("command", ["score", "bench"])
+@pytest.mark.parametrize("flag, value, rule", [("-b", "0", ">= 1"), ("--batch-size", "-4", ">= 1"),
+                                               ("-j", "-1", ">= 0"), ("--workers", "-2", ">= 0")])
+def test_batch_size_and_workers(tmp_path, command, flag, value, rule):
+    args = ["bench", "-d", f"csv:{tmp_path}/l.csv"] if command == "bench" else ["score", str(tmp_path)]
+    option = "--batch-size" if flag in ("-b", "--batch-size") else "--workers"
+    line = _one_line_error(args + [flag, value], option)
+    assert rule in line
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--temperatures", "0"], "--temperatures"),
+    (["--temperatures", "1,x"], "--temperatures"),
+    (["--heads", "4", "--temperatures", "1,inf"], "--temperatures"),
+    (["--checkpoint", ".", "--random-weights"], "--random-weights"),
+    (["-o", "scores.xlsx"], "--output"),
+])
+def test_other_bad_score_options(tmp_path, args, option):
+    _one_line_error(["score", str(tmp_path), *args], option)
+
+
+def test_text_file_as_checkpoint_is_one_line_about_the_file(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are my notes, not weights\n")
+    line = _one_line_error(["-q", "score", str(tmp_path), "-m", "resnet18", "--checkpoint", str(notes)],
+                           str(notes), exit_code=1)
+    assert "is a text file" in line
+
+
+def test_bad_device_is_one_line(tmp_path):
+    line = _one_line_error(["score", str(tmp_path), "--device", "gpu"], "device", exit_code=1)
+    assert "cpu, cuda" in line
+
+
+def test_errors_are_posthoc_csra_errors():
+    from posthoc_csra.heads import UnsupportedModelError
+    from posthoc_csra.images import ImageLoadError
+    from posthoc_csra.models import WeightsUnavailableError
+    from posthoc_csra.scoring import NothingScoredError
+
+    for error in (UnsupportedModelError, ImageLoadError, WeightsUnavailableError, NothingScoredError):
+        assert issubclass(error, PosthocCsraError), error

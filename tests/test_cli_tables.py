@@ -1,0 +1,61 @@
+"""``tables.py``: atomic CSV / JSON / Parquet writers and the one Markdown table writer."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from posthoc_csra import tables
+from posthoc_csra.errors import InputError
+
+
+@pytest.fixture
+def table():
+    df = pd.DataFrame({"model": ["a", "b|c"], "mAP": [91.234, math.nan], "n": [3, 4],
+                       "error": pd.array([None, None], dtype="string")})
+    df.attrs.update(model="a", lam=0.1)
+    return df
+
+
+@pytest.mark.parametrize("ext", ["csv", "json", "parquet"])
+def test_write_table_round_trips_atomically(table, tmp_path, ext):
+    path = tables.write_table(table, tmp_path / "sub" / f"t.{ext}")
+    assert [p.name for p in path.parent.iterdir()] == [f"t.{ext}"]  # no temp file left
+    back = {"csv": pd.read_csv, "parquet": pd.read_parquet,
+            "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}[ext](path)
+    assert list(back["model"]) == ["a", "b|c"] and back["mAP"][0] == pytest.approx(91.234) and pd.isna(back["mAP"][1])
+    if ext == "parquet":
+        assert tables.read_metadata(path) == {"model": "a", "lam": 0.1}  # table.attrs by default
+
+
+def test_a_failing_write_leaves_the_old_file(table, tmp_path):
+    path = tables.write_table(table, tmp_path / "t.parquet")
+    before = path.read_bytes()
+    bad = table.assign(mAP=[object(), object()])  # pyarrow cannot write these
+    with pytest.raises(Exception):
+        tables.write_table(bad, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_unknown_format_fails_before_writing(table, tmp_path):
+    with pytest.raises(InputError, match=r"unknown table format '.xlsx'; use one of .csv, .json, .parquet"):
+        tables.write_table(table, tmp_path / "t.xlsx")
+    assert not list(tmp_path.iterdir())
+    assert tables.check_table_path(tmp_path / "t.md", (".md",)) == tmp_path / "t.md"
+
+
+def test_to_markdown_default_and_formats(table):
+    assert tables.to_markdown(table) == ("| model | mAP | n |\n|---|---|---|\n"
+                                         "| a | 91.234 | 3 |\n| b\\|c |  | 4 |\n")  # no-error column dropped
+    assert tables.to_markdown(table, ["n", "mAP"], {"mAP": ".1f"}) == "| n | mAP |\n|---|---|\n| 3 | 91.2 |\n| 4 |  |\n"
+
+
+def test_to_markdown_writes_the_published_headline():
+    """The published table's view: every column, Δ signed to 2 decimals, other floats as %g."""
+    head = pd.DataFrame({"model": ["m"], "mAP λ=0": [94.1], "Δ": [0.5], "λ (val)": [0.25], "heads (val)": [1]})
+    assert tables.to_markdown(head, formats={"Δ": "+.2f"}).splitlines()[2] == "| m | 94.1 | +0.50 | 0.25 | 1 |"
+
+
+def test_write_text_is_atomic(tmp_path):
+    tables.write_text(tmp_path / "a" / "t.md", "| x |\n")
+    assert (tmp_path / "a" / "t.md").read_text() == "| x |\n" and len(list((tmp_path / "a").iterdir())) == 1
