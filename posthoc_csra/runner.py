@@ -20,7 +20,8 @@ import resource
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -274,12 +275,12 @@ class BenchRun:
             p.class_map = class_map_for(prepared.net.num_classes, p.dataset)
             p.cache = StatsCache(self.cache_dir, pass_fields(prepared, p.dataset, self.runtime), len(p.dataset),
                                  prepared.net.num_classes, self.loading.chunk_size)
-            todo = [] if p.cache.key in self._leaders else p.cache.missing_chunks()
+            p.leader = self._leaders.get(p.cache.key)  # the same statistics as an earlier pass (sizes None, 224)
+            todo = [] if p.leader is not None else p.cache.missing_chunks()
         except Exception as err:
             self._fail(p, err, self._estimate[p.spec])
             return
-        if p.cache.key in self._leaders:  # the same statistics as an earlier pass (e.g. sizes None and 224)
-            p.leader = self._leaders[p.cache.key]
+        if p.leader is not None:
             self._progress(-self._estimate[p.spec], 0)
             return
         self._leaders[p.cache.key] = p
@@ -336,20 +337,20 @@ class BenchRun:
 
     def execute(self) -> "BenchRun":
         """Compute every missing chunk on the executor, writing each into the cache."""
-        from functools import partial
-
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
-        task = compute_chunk if self.executor.faults is None else partial(compute_chunk,
-                                                                          faults=self.executor.faults)
+        faults = self.executor.faults
+        task = compute_chunk if faults is None else partial(compute_chunk, faults=faults)
         total = sum(self._estimate.values()) * len(self.names) * len(self.img_sizes)
-        with tqdm(total=total, unit="chunk", desc=f"bench ({self.executor.name})", disable=not self.loading.progress,
-                  file=sys.stderr, dynamic_ncols=True) as self._bar:
-            for done in self.executor.run(task, self.jobs()):
-                self.accept(done)
-        self._bar = None
-        self.stats.wall_seconds = time.perf_counter() - start
+        try:
+            with tqdm(total=total, unit="chunk", desc=f"bench ({self.executor.name})", file=sys.stderr,
+                      disable=not self.loading.progress, dynamic_ncols=True) as self._bar:
+                for done in self.executor.run(task, self.jobs()):
+                    self.accept(done)
+        finally:
+            self._bar = None
+            self.stats.wall_seconds = time.perf_counter() - start
         return self
 
     # ---- evaluating: every pass from the cache alone
@@ -400,7 +401,7 @@ class BenchRun:
                 pass  # explicit temperatures are labelled by strings
         table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
         table.attrs["backbone_images"] = sum(p.computed for p in self.passes)
-        table.attrs["run"] = self.stats.__dict__
+        table.attrs["run"] = asdict(self.stats)
         return table
 
 

@@ -252,3 +252,20 @@ def test_atomic_writes_leave_no_partial_files(tmp_path, tiny_model, monkeypatch)
     monkeypatch.undo()
     _, _, computed = _ensure(cache, ds, transform, make)
     assert computed == 4 and not list(cache.path.glob(".*"))
+
+
+def test_temp_files_of_dead_writers_on_this_host_are_removed(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    cache = _setup(tmp_path, tiny_model)[0]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = cache_mod._temp_name(cache.path / "x").name.split(".tmp-")[1].rsplit("-", 2)[0]
+    dead = cache.path / f".chunk-00000.npz.tmp-{host}-{gone.pid}-0123abcd"  # a killed driver's
+    live = cache.path / f".chunk-00001.npz.tmp-{host}-{os.getpid()}-0123abcd"  # still writing
+    remote = cache.path / f".chunk-00002.npz.tmp-otherhost-{gone.pid}-0123abcd"  # cannot be asked
+    for path in (dead, live, remote):
+        path.write_bytes(b"partial")
+    _setup(tmp_path, tiny_model)  # reopening the key cleans up
+    assert not dead.exists() and live.exists() and remote.exists()
