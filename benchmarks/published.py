@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from posthoc_csra.bench import run_bench
+    from posthoc_csra.bench import EvalOptions, LoadOptions, ModelSource, run_bench
     from posthoc_csra.config import shared_dir
     from posthoc_csra.tables import write_table
 
@@ -71,12 +71,14 @@ def main(argv=None) -> int:
         sys.exit("no shared assets: set POSTHOC_CSRA_SHARED or pass --shared")
     images = shared / "data" / "imagenet-val-real" / "images"
     natural = f"imagenet-real:{images}"
-    common = dict(models=None, checkpoint=shared / "weights" / "manifest.json", lams=LAMS, heads=HEADS,
-                  spaces="logit,prob", select_on="val", cache_dir=args.cache_dir, workers=args.workers)
+    evaluation = EvalOptions(lams=LAMS, heads=HEADS, spaces="logit,prob", select_on="val")
+    common = dict(source=ModelSource(checkpoint=shared / "weights" / "manifest.json"), cache_dir=args.cache_dir)
     # natural images at each model's own size; mosaics also at 448 px (each tile then near the models' scale)
-    table = pd.concat([run_bench(datasets=[natural], img_sizes=[None], **common),
-                       run_bench(datasets=[f"mosaic:{natural}"], img_sizes=[None, 448],
-                                 mosaic_count=args.mosaics, **common)], ignore_index=True)
+    table = pd.concat([run_bench(None, [natural], evaluation, LoadOptions(workers=args.workers), img_sizes=[None],
+                                 **common),
+                       run_bench(None, [f"mosaic:{natural}"], evaluation,
+                                 LoadOptions(workers=args.workers, mosaic_count=args.mosaics), img_sizes=[None, 448],
+                                 **common)], ignore_index=True)
     table["dataset"] = table["dataset"].str.replace(str(shared), "../shared", regex=False)
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_table(table, RESULTS / "published.csv")

@@ -1,27 +1,17 @@
-"""``bench``: option parsers, evaluation from cached statistics, run_bench and the CLI end to end."""
-import importlib.util
-import math
+"""``bench``: option parsers, run_bench and the CLI end to end (evaluation: tests/test_evaluation.py)."""
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 from test_cache import IMG, TinyImages, forward_count  # noqa: F401  (forward_count is a fixture)
 
 from posthoc_csra import bench
-from posthoc_csra.bench import (COLUMNS, class_map_for, evaluate_stats, expand_models, parse_heads, parse_lams,
-                                parse_spaces, run_bench)
-from posthoc_csra.classmaps import map_scores
+from posthoc_csra.bench import (COLUMNS, EvalOptions, LoadOptions, ModelSource, class_map_for, expand_models,
+                                parse_heads, parse_lams, parse_spaces, run_bench)
 from posthoc_csra.cli import main
 from posthoc_csra.cli.bench import markdown_table
-from posthoc_csra.datasets import VOC_CLASSES
-from posthoc_csra.metrics import f1_scores, mean_average_precision
-from posthoc_csra.models import load_model
-from posthoc_csra.scorer import CSRAScorer
-from posthoc_csra.scoring import data_transform
-from posthoc_csra.spec import STAT_TEMPERATURES
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -78,93 +68,12 @@ def test_expand_models(tmp_path, shared):
         expand_models(f"@{tmp_path / 'missing.txt'}")
 
 
-@pytest.fixture(scope="module")
-def tiny_batch():
-    torch.manual_seed(0)
-    net = load_model("test_efficientnet", pretrained=False)
-    transform, config = data_transform(net, IMG)
-    ds = TinyImages(n=16)
-    x = torch.stack([transform(ds[i][0]) for i in range(len(ds))])
-    scorer = CSRAScorer(net, input_size=config["input_size"])
-    stats = {k: v.numpy() for k, v in scorer.statistics(x).items()}
-    return net, x, ds, stats
-
-
-def test_evaluate_stats_equals_direct_scorer_map_and_f1(tiny_batch):
-    net, x, ds, stats = tiny_batch
-    t, ign = ds.targets(), ds.ignore_mask()
-    keep = ((t > 0) & ~ign).any(0)
-    df = evaluate_stats(stats, t, ign, [0.1, 0.5], [1, 4, (2.0, math.inf)], ["logit", "prob"])
-    assert len(df) == 3 * 2 * 3 and set(df["lam"]) == {0.0, 0.1, 0.5}  # λ=0 added
-    assert (df["n_classes"] == keep.sum()).all() and (df["n_images"] == 16).all()
-    with torch.no_grad():
-        for (space, heads, lam) in [("logit", 1, 0.5), ("prob", 4, 0.1), ("logit", (2.0, math.inf), 0.1),
-                                    ("prob", 1, 0.0)]:
-            direct = CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=x.shape[1:])(x).numpy()
-            label = heads if isinstance(heads, int) else "2,inf"
-            row = df[(df["space"] == space) & (df["heads"] == label) & (df["lam"] == lam)].iloc[0]
-            assert row["mAP"] == pytest.approx(100 * mean_average_precision(direct, t, ign), abs=1e-6)
-            f1 = f1_scores(direct[:, keep], t[:, keep], 0.0 if space == "logit" else 0.5, ign[:, keep])
-            assert row["CF1"] == pytest.approx(100 * f1["CF1"]) and row["OF1"] == pytest.approx(100 * f1["OF1"])
-    base = df[df["lam"] == 0].set_index(["space", "heads"])["mAP"]
-    for _, row in df.iterrows():
-        assert row["delta"] == pytest.approx(row["mAP"] - base[(row["space"], row["heads"])])
-    assert df["selected"].isna().all() and (df["split"] == "all").all()
-
-
-def _synthetic_stats(n=40, c=1000, seed=0):
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n, c)).astype(np.float32) * 3
-    prob = torch.from_numpy(logits).softmax(1).numpy()
-    out = {"logits": logits, "logit_base": logits, "prob_base": prob}
-    for space, scale in (("logit", 1.0), ("prob", 1e-3)):
-        out[f"{space}_att"] = (rng.random((n, len(STAT_TEMPERATURES), c)) * scale).astype(np.float32)
-        out[f"{space}_mean"] = out[f"{space}_att"].mean(1)
-    return out
-
-
-@pytest.mark.parametrize("pool", ["max", "sum"])
-def test_class_mapped_evaluation_matches_map_scores(pool):
-    ds = TinyImages(n=40, classes=VOC_CLASSES, label_space="voc2007")
-    stats = _synthetic_stats()
-    cmap = class_map_for(1000, ds)
-    t, ign, mapped = ds.targets(), ds.ignore_mask(), cmap.mapped
-    df = evaluate_stats(stats, t, ign, [0.5], [1, 8], ["logit", "prob"], class_map=cmap, pool=pool)
-    assert set(df[df["space"] == "prob"]["pool"]) == {pool} and set(df[df["space"] == "logit"]["pool"]) == {"max"}
-    direct = map_scores(stats["prob_base"], cmap, pool)[:, mapped]
-    row = df[(df["space"] == "prob") & (df["lam"] == 0)].iloc[0]
-    assert row["mAP"] == pytest.approx(100 * mean_average_precision(direct, t[:, mapped], ign[:, mapped]))
-    members = [m for m in cmap.members if m]
-    for space in ("logit", "prob"):
-        s = stats[f"{space}_base"] + np.float32(0.5 / 8) * stats[f"{space}_att"].sum(1)
-        reduce = np.sum if (space == "prob" and pool == "sum") else np.max
-        pooled = np.stack([reduce(s[:, m], axis=1) for m in members], 1)
-        row = df[(df["space"] == space) & (df["lam"] == 0.5) & (df["heads"] == 8)].iloc[0]
-        assert row["mAP"] == pytest.approx(100 * mean_average_precision(pooled, t[:, mapped], ign[:, mapped]),
-                                           abs=1e-6)
-
-
 def test_class_map_for_errors():
     assert class_map_for(1000, TinyImages(n=2)) is None
     with pytest.raises(ValueError, match="no class map"):
         class_map_for(1000, TinyImages(n=2, n_classes=5, label_space="custom"))
     with pytest.raises(ValueError, match="no class map"):
         class_map_for(20, TinyImages(n=2, n_classes=80, label_space="coco2014"))
-
-
-def test_select_on_val_reports_on_disjoint_test():
-    ds = TinyImages(n=40, n_classes=1000)
-    lams = [0.0, 0.2, 0.5, 1.0]
-    df = evaluate_stats(_synthetic_stats(), ds.targets(), ds.ignore_mask(), lams, [1, 8], ["logit", "prob"],
-                        select_on="val", val_fraction=0.5, split_seed=3)
-    assert set(df["split"]) == {"val", "test"} and df["selected"].notna().all()
-    assert (df[df["split"] == "val"]["n_images"] == 20).all() and (df[df["split"] == "test"]["n_images"] == 20).all()
-    for (space, heads), g in df.groupby(["space", "heads"]):
-        val, test = g[g["split"] == "val"], g[g["split"] == "test"]
-        chosen = val[val["selected"]]["lam"].tolist()
-        assert chosen == [val.loc[val["mAP"].idxmax(), "lam"]]
-        assert test[test["selected"]]["lam"].tolist() == chosen
-        assert (test["delta"] == test["mAP"] - test[test["lam"] == 0]["mAP"].iloc[0]).all()
 
 
 def _imagenet_dir(tmp_path, n=6):
@@ -178,19 +87,20 @@ def _imagenet_dir(tmp_path, n=6):
 
 def test_run_bench_second_run_makes_no_backbone_pass(tmp_path, forward_count):
     spec = _imagenet_dir(tmp_path)
-    kw = dict(pretrained=False, cache_dir=tmp_path / "cache", img_sizes=[IMG], workers=0, batch_size=4,
-              chunk_size=4, progress=False)
-    first = run_bench("test_efficientnet", spec, lams="0,0.1", **kw)
+    kw = dict(source=ModelSource(pretrained=False), cache_dir=tmp_path / "cache", img_sizes=[IMG],
+              loading=LoadOptions(workers=0, batch_size=4, chunk_size=4, progress=False))
+    first = run_bench("test_efficientnet", spec, EvalOptions(lams="0,0.1"), **kw)
     assert first.attrs["backbone_images"] == 6 and forward_count["n"] > 0 and not first["cached"].any()
     assert list(first.columns[: len(COLUMNS)]) == COLUMNS and first["error"].isna().all()
     forward_count["n"] = 0
-    second = run_bench("test_efficientnet", spec, lams="0:0.5:0.25", heads="1,8", **kw)
+    second = run_bench("test_efficientnet", spec, EvalOptions(lams="0:0.5:0.25", heads="1,8"), **kw)
     assert forward_count["n"] == 0 and second.attrs["backbone_images"] == 0 and second["cached"].all()
-    assert len(second) == 3 * 2 * 2
+    csra = second[second["method"] == "csra"]
+    assert len(csra) == 3 * 2 * 2
     key = ["space", "heads", "lam"]
-    a, b = first.set_index(key)["mAP"], second.set_index(key)["mAP"]
+    a, b = first[first["method"] == "csra"].set_index(key)["mAP"], csra.set_index(key)["mAP"]
     assert a.loc[("logit", 1, 0.0)] == b.loc[("logit", 1, 0.0)]
-    third = run_bench("test_efficientnet", spec, lams="0", img_sizes=[IMG, IMG + 8],
+    third = run_bench("test_efficientnet", spec, EvalOptions(lams="0"), img_sizes=[IMG, IMG + 8],
                       **{k: v for k, v in kw.items() if k != "img_sizes"})  # a new size is a new key
     assert third.attrs["backbone_images"] == 6
     assert third.groupby("img_size")["cached"].all().to_dict() == {IMG: True, IMG + 8: False}
@@ -201,24 +111,16 @@ def test_failing_model_or_dataset_becomes_error_rows(tmp_path):
     (tmp_path / "a.png").write_bytes((tmp_path / "inet" / "ILSVRC2012_val_00000002.png").read_bytes())
     (tmp_path / "labels.csv").write_text("image,labels\na.png,cat|dog\n")
     df = run_bench(["test_efficientnet", "no_such_model_zz"], [spec, f"csv:{tmp_path / 'labels.csv'}"],
-                   lams="0,0.1", spaces="prob", pretrained=False, cache_dir=tmp_path / "c", img_sizes=[IMG],
-                   workers=0, progress=False)
+                   EvalOptions(lams="0,0.1", spaces="prob"), LoadOptions(workers=0, progress=False),
+                   source=ModelSource(pretrained=False), cache_dir=tmp_path / "c", img_sizes=[IMG])
     ok = df[df["error"].isna()]
-    assert set(ok["model"]) == {"test_efficientnet"} and set(ok["dataset"]) == {spec} and len(ok) == 2
-    errors = df[df["error"].notna()].set_index(["model", "dataset"])["error"]
+    assert set(ok["model"]) == {"test_efficientnet"} and set(ok["dataset_spec"]) == {spec}
+    assert len(ok[ok["method"] == "csra"]) == 2
+    errors = df[df["error"].notna()].set_index(["model", "dataset_spec"])["error"]
     assert len(errors) == 3
     assert "no class map" in errors[("test_efficientnet", f"csv:{tmp_path / 'labels.csv'}")]
     assert all("unknown timm model" in e for e in errors["no_such_model_zz"])
     assert markdown_table(df).splitlines()[0].endswith("| error |")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
-def test_ray_without_ray_is_a_clear_error(tmp_path):
-    spec = _imagenet_dir(tmp_path, 1)
-    with pytest.raises(RuntimeError, match="pip install"):
-        run_bench("test_efficientnet", spec, pretrained=False, ray=True, progress=False)
-    result = CliRunner().invoke(main, ["bench", "-m", "test_efficientnet", "--random-weights", "-d", spec, "--ray"])
-    assert result.exit_code == 1 and "--ray needs Ray" in result.output
 
 
 def test_markdown_table():
@@ -241,7 +143,8 @@ def test_cli_bench_end_to_end_on_real_weights(tmp_path, shared, forward_count):
     assert first.exit_code == 0, first.output
     assert forward_count["n"] > 0 and "| tf_efficientnet_lite0 |" in first.stdout
     table = pd.read_csv(tmp_path / "t.csv")
-    assert len(table) == 6 and set(COLUMNS) <= set(table.columns) and table["error"].isna().all()
+    assert len(table[table["method"] == "csra"]) == 6 and set(COLUMNS) <= set(table.columns)
+    assert table["error"].isna().all()
     assert (table["weights"] == "manifest:tf_efficientnet_lite0").all() and table["exact"].all()
     assert (table["mAP"] > 50).all() and (tmp_path / "t.md").read_text().startswith("| model |")
     forward_count["n"] = 0
@@ -250,8 +153,9 @@ def test_cli_bench_end_to_end_on_real_weights(tmp_path, shared, forward_count):
     assert second.exit_code == 0, second.output
     assert forward_count["n"] == 0 and "backbone pass over 0 image(s)" in second.stderr
     table = pd.read_parquet(tmp_path / "t.parquet")
-    assert len(table) == 2 * 2 * 2 * 3 and table["cached"].all() and (tmp_path / "m.md").is_file()
-    assert table.groupby(["split", "space", "heads"])["selected"].sum().eq(1).all()
+    assert len(table[table["method"] == "csra"]) == 2 * 2 * 2 * 3 and table["cached"].all()
+    assert (tmp_path / "m.md").is_file()
+    assert table.groupby(["split", "space", "method"])["selected"].sum().eq(1).all()
     bad = runner.invoke(main, args + ["--lam", "0:1"])
     assert bad.exit_code == 2 and "λ list" in bad.output
 
@@ -264,8 +168,8 @@ def test_cli_bench_every_row_failing_exits_nonzero(tmp_path):
 
 
 def test_mosaic_count_only_applies_to_mosaic_specs(small_csv_dataset):
-    from posthoc_csra.bench import _dataset
+    from posthoc_csra.runner import build_dataset
     labels = small_csv_dataset(8, 2)
-    cache = {}
-    assert len(_dataset(f"csv:{labels}", 16, cache, 0, 3)) == 8
-    assert len(_dataset(f"mosaic:csv:{labels}", 16, cache, 0, 3)) == 3
+    loading = LoadOptions(mosaic_count=3)
+    assert len(build_dataset(f"csv:{labels}", 16, loading)) == 8
+    assert len(build_dataset(f"mosaic:csv:{labels}", 16, loading)) == 3
