@@ -11,7 +11,10 @@ download) at a small input, builds ``CSRAScorer`` on it and checks, on a random 
 - ``CSRAScorer(model, lam=0)(x)`` equals ``model(x)`` (≤ 1e-4),
 - ``forward_head(forward_features(x))`` — the base the scorer uses for ``lam > 0`` — equals ``model(x)``,
 - per-location logits are (B, C, L) with the L of the probe, on a grid of H * W = L cells that, for
-  token models, is the grid the model itself states (patch embedding / last feature reduction),
+  token models, is the grid measured in that same forward pass (``GridProbe``: the output shape of the
+  patch embedding's conv, else of the last spatial activation) or a k x k merge of it — a measurement
+  independent of ``posthoc_csra.heads``; the ``grid_check`` column says which, or "none" where nothing
+  could be measured,
 - ``lam=0.3`` gives finite (B, C) scores.
 
 Any failure makes the row unsupported, with the reason. ``exact`` is the scorer's own probe result.
@@ -65,7 +68,18 @@ DEFAULT_CSV = RESULTS / "compat.csv"
 DEFAULT_MD = RESULTS / "compat.md"
 
 COLUMNS = ["model", "head_kind", "feature_format", "num_locations", "exact", "supported", "reason",
-           "seconds", "input_size", "grid", "num_classes", "params_m"]
+           "seconds", "input_size", "grid", "num_classes", "params_m", "grid_check", "measured_grid"]
+# grid_check: how the scorer's grid was checked. Token (NLC) rows: against a grid measured in the forward
+# pass (GridProbe) — "patch-embed conv", "last 4-D activation", or "none" (nothing measurable: only
+# H * W = L is checked). Map rows (NCHW / NHWC): the grid is the map's own shape.
+GRID_PATCH_EMBED = "patch-embed conv"
+GRID_LAST_4D = "last 4-D activation"
+GRID_NONE = "none"
+GRID_MAP = "feature map shape"
+# Rows written before the measured check existed: their token grids were compared with the model's stated
+# grid by the implementation's own logic, which cannot catch a grid bug.
+GRID_OLD = "implementation (old run)"
+GRID_OLD_MAP = "feature map shape (old run)"
 SMALL_SIZES = (64, 96, 128, 160, 192, 224)
 # Unsupported at the small size for a reason no input size changes: no retry at the default size.
 STRUCTURAL = ("model(x) returns", "forward_features returns list", "forward_features returns tuple",
@@ -151,7 +165,8 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
         if base.shape != y.shape or _max_diff(base, y) > TOLERANCE:
             return unsupported(f"CSRAScorer(lam=0) != model(x) (max diff {_max_diff(base, y):.3g})")
         try:
-            out = scorer.forward_locations(x)
+            with GridProbe(model) as probe:
+                out = scorer.forward_locations(x)
         except Exception as err:  # noqa: BLE001
             return unsupported(f"forward_locations failed on a batch of {BATCH}: {_short(err)}")
         scale = max(1.0, float(y.abs().max()))
@@ -165,12 +180,17 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
         row["grid"] = f"{h}x{w}"
         if h * w != scorer.probe_locations:
             return unsupported(f"grid {h}x{w} does not hold {scorer.probe_locations} locations")
-        expected = _expected_grids(model, hw) if scorer.feature_format.startswith("NLC") else []
-        # the model's grid, or that grid merged k x k (patch mergers, pooling stages)
-        if expected and not any(eh % h == 0 and ew % w == 0 and eh // h == ew // w for eh, ew in expected):
-            shown = " or ".join(f"{a}x{b}" for a, b in expected)
-            return unsupported(f"{scorer.probe_locations} locations ({scorer.feature_format}) do not fit the "
-                               f"model's own {shown} grid (nor a k x k merge of it): prefix tokens miscounted")
+        if not scorer.feature_format.startswith("NLC"):
+            row["grid_check"] = GRID_MAP
+        else:
+            method, source, measured = probe.measured()
+            row["grid_check"] = method
+            if measured is not None:
+                row["measured_grid"] = "%dx%d (%s)" % (*measured, source)
+                if not grid_fits((h, w), measured):
+                    return unsupported(
+                        f"grid {h}x{w} ({scorer.feature_format}) does not fit the measured {measured[0]}x"
+                        f"{measured[1]} grid of {source} ({method}), nor a k x k merge of it")
         scorer.lam = LAM
         try:
             scores = scorer(x)
@@ -184,21 +204,87 @@ def _check(model, hw: Tuple[int, int], allow_few_locations: bool) -> Dict:
     return row
 
 
-def _expected_grids(model, hw: Tuple[int, int]) -> List[Tuple[int, int]]:
-    """Token grids the model itself states for an ``hw`` input: its patch embedding's, its last feature's."""
-    grids = []
-    patch_embed = getattr(model, "patch_embed", None)
-    if hasattr(patch_embed, "dynamic_feat_size"):
-        try:
-            grids.append(tuple(int(v) for v in patch_embed.dynamic_feat_size(tuple(hw))))
-        except Exception:  # noqa: BLE001
-            pass
-    if getattr(patch_embed, "grid_size", None) is not None:
-        grids.append(tuple(int(v) for v in patch_embed.grid_size))
-    info = getattr(model, "feature_info", None)
-    if isinstance(info, list) and info and info[-1].get("reduction"):
-        grids.append(tuple(math.ceil(s / info[-1]["reduction"]) for s in hw))
-    return [g for g in dict.fromkeys(grids) if len(g) == 2]
+class GridProbe:
+    """Measures the token grid in the real forward pass, independently of ``posthoc_csra.heads``.
+
+    While active, forward hooks record the output shape of every spatial module (Conv2d, 2-D pooling)
+    that runs inside the model's ``forward_features`` on the batch: (B, C, gh, gw). ``measured()`` picks
+
+    - the patch embedding's ``proj`` conv, else the last spatial module inside the patch embedding (the
+      first module named ``patch_embed`` that ran, e.g. ``patch_embed`` or ``encoder.patch_embed``):
+      ``GRID_PATCH_EMBED``;
+    - for models without one, the last spatial activation before the features are returned
+      (``GRID_LAST_4D``);
+    - nothing (``GRID_NONE``) when no spatial module ran on the batch (patches embedded by a Linear,
+      or convs over per-patch pixels, (B * L, C, p, p), as in TNT).
+
+    1 x 1 outputs (squeeze-excite, global pools) are no grid and are skipped.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.events: List[Tuple[str, Tuple[int, int]]] = []
+        self.batch: Optional[int] = None  # the batch size while forward_features runs, else None
+        self.handles = []
+        self.saved = None
+
+    def __enter__(self) -> "GridProbe":
+        from torch import nn
+
+        spatial = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+        def record(name):
+            def hook(module, inputs, output):
+                shape = getattr(output, "shape", None)
+                if self.batch is not None and shape is not None and len(shape) == 4 \
+                        and shape[0] == self.batch and shape[2] * shape[3] > 1:
+                    self.events.append((name, (int(shape[2]), int(shape[3]))))
+            return hook
+
+        self.handles = [module.register_forward_hook(record(name))
+                        for name, module in self.model.named_modules() if isinstance(module, spatial)]
+        self.saved = self.model.__dict__.get("forward_features")
+        original = self.model.forward_features
+
+        def forward_features(x, *args, **kwargs):
+            self.batch = int(x.shape[0])
+            try:
+                return original(x, *args, **kwargs)
+            finally:
+                self.batch = None
+
+        self.model.forward_features = forward_features
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        if self.saved is None:
+            del self.model.forward_features
+        else:
+            self.model.forward_features = self.saved
+        return False
+
+    def measured(self) -> Tuple[str, str, Optional[Tuple[int, int]]]:
+        """(method, module name, (gh, gw)) of the measured grid; (GRID_NONE, "", None) when none ran."""
+        roots = [n.rpartition(".patch_embed.")[0] + ".patch_embed" if ".patch_embed." in n else "patch_embed"
+                 for n, _ in self.events if n.startswith("patch_embed.") or ".patch_embed." in n]
+        if roots:
+            embed = [(n, g) for n, g in self.events if n.startswith(roots[0] + ".")]
+            proj = [(n, g) for n, g in embed if n == roots[0] + ".proj"]
+            name, grid = (proj or embed)[-1]
+            return GRID_PATCH_EMBED, name, grid
+        if self.events:
+            name, grid = self.events[-1]
+            return GRID_LAST_4D, name, grid
+        return GRID_NONE, "", None
+
+
+def grid_fits(grid: Tuple[int, int], measured: Tuple[int, int]) -> bool:
+    """Is ``grid`` = (h, w) the measured (gh, gw) grid, or that grid merged k x k (gh = k h, gw = k w)?"""
+    (h, w), (gh, gw) = grid, measured
+    return h > 0 and w > 0 and gh % h == 0 and gw % w == 0 and gh // h == gw // w
 
 
 class FastInit:
@@ -428,6 +514,11 @@ def read_rows(path: Path) -> List[Dict]:
         return list(csv.DictReader(f))
 
 
+def csv_header(path: Path) -> List[str]:
+    with path.open(newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def is_failure(row: Dict) -> bool:
     """Rows that say nothing about the scorer: the worker ran out of time or memory, or died."""
     return row.get("reason", "").startswith(("timeout", "crashed", "out of memory"))
@@ -528,9 +619,20 @@ def run_all(archs: List[str], csv_path: Path, workers: int, timeout: float, thre
     return rows
 
 
+def old_grid_check(row: Dict) -> str:
+    """``grid_check`` of a row written before that column existed."""
+    if row.get("supported") != "True" and not row.get("grid"):
+        return ""  # never reached the grid check
+    return GRID_OLD if row.get("feature_format", "").startswith("NLC") else GRID_OLD_MAP
+
+
 def compact_csv(path: Path) -> None:
-    """One row per model (the latest), sorted by model; atomic rewrite."""
+    """One row per model (the latest), sorted by model, in ``COLUMNS`` (rows from before the grid check
+    columns get ``old_grid_check``); atomic rewrite."""
     rows = {row["model"]: row for row in read_rows(path)}
+    for row in rows.values():
+        if row.get("grid_check") is None:
+            row["grid_check"] = old_grid_check(row)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -586,7 +688,8 @@ def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
         "",
         "A row is *supported* when `CSRAScorer` accepts the model and, on a random batch of 2 at the "
         "row's input size, `lam=0` reproduces `model(x)` (≤ 1e-4), `forward_head(forward_features(x))` "
-        f"equals `model(x)`, per-location logits are (B, C, L) with a grid of L cells, and `lam={LAM}` "
+        f"equals `model(x)`, per-location logits are (B, C, L) with a grid of L cells (token grids: checked "
+        f"against a measured grid, see *Token grid check*), and `lam={LAM}` "
         "gives finite (B, C) scores. *exact*: the mean of the per-location logits equals the model's "
         "logits (pool → linear heads). Timeouts, out-of-memory and crashed workers count as unsupported.",
         "",
@@ -612,6 +715,7 @@ def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
     table("Supported by feature format", formats)
     table("Supported by head kind", kinds)
     table("Supported by input size used", sizes)
+    grid_section(rows, lines, md)
     lines.append("Top unsupported reasons:")
     md.extend(["## Unsupported reasons", "", "| reason (numbers blanked) | count | e.g. |", "|---|---:|---|"])
     for key, count in reasons.most_common(15):
@@ -623,6 +727,48 @@ def summarize(rows: List[Dict], command: str) -> Tuple[str, str]:
         md.append(f"| {r['model']} | {r['reason'].replace('|', '/')} |")
     md.append("")
     return "\n".join(lines), "\n".join(md)
+
+
+def grid_section(rows: List[Dict], lines: List[str], md: List[str]) -> None:
+    """How the token (NLC) rows' grids were checked: measured in the forward pass, or the old check."""
+    tokens = [r for r in rows if r["feature_format"].startswith("NLC")]
+    by_check: Dict[str, List[str]] = {}
+    for r in tokens:
+        by_check.setdefault(r.get("grid_check") or "(not reached)", []).append(r["model"])
+    old = by_check.get(GRID_OLD, [])
+    new = [m for key, names in by_check.items() if key in (GRID_PATCH_EMBED, GRID_LAST_4D) for m in names]
+    lines.append(f"Token (NLC) grid check: {len(new)} of {len(tokens)} rows against a grid measured in the "
+                 f"forward pass, {len(by_check.get(GRID_NONE, []))} with nothing to measure, {len(old)} still "
+                 f"carry the old check ({GRID_OLD})")
+    md.extend([
+        "## Token grid check",
+        "",
+        "For token (NLC) features the grid H×W is not in the feature shape, so it is checked against a "
+        "grid *measured* in the same forward pass (forward hooks on the model's spatial modules, "
+        "independent of `posthoc_csra.heads`): the output (B, D, gh, gw) of the patch embedding's "
+        f"conv (`{GRID_PATCH_EMBED}`), else of the last conv / 2-D pooling that ran on the batch "
+        f"(`{GRID_LAST_4D}`). A row passes when H×W is that grid or a k×k merge of it (gh = k·H, "
+        f"gw = k·W) and H·W = L; `measured_grid` in the CSV names the module. `{GRID_NONE}`: no spatial "
+        "module ran on the batch (patches embedded by a Linear, TNT's per-patch pixel convs), so only "
+        f"H·W = L is checked. `{GRID_OLD}`: rows from runs before this check existed, whose grid was "
+        "compared with the model's stated grid by the same logic the implementation uses — a check that "
+        "cannot catch a grid bug; re-run them with `--redo PATTERN`.",
+        "",
+        "| grid check (NLC rows) | rows |",
+        "|---|---:|",
+    ])
+    for key, names in sorted(by_check.items(), key=lambda kv: -len(kv[1])):
+        md.append(f"| `{key}` | {len(names)} |")
+    params = {r["model"]: float(r["params_m"]) for r in tokens if r.get("params_m")}
+    smallest = min((params[m] for m in old if m in params), default=None)
+    md.extend(["", f"**Re-checked against a measured grid** ({len(new)} rows, re-run since this check exists): "
+               + (", ".join(sorted(new)) or "none"), ""])
+    if by_check.get(GRID_NONE):
+        md.extend([f"Re-run, but nothing to measure, `{GRID_NONE}` ({len(by_check[GRID_NONE])} rows, only H·W = L "
+                   "checked): " + ", ".join(sorted(by_check[GRID_NONE])), ""])
+    md.extend([f"**Still carrying the old check**, `{GRID_OLD}` ({len(old)} rows"
+               + (f", all ≥ {smallest:g} M parameters" if smallest is not None else "") + "): "
+               + (", ".join(sorted(old)) or "none"), ""])
 
 
 def _timm_version() -> str:
@@ -668,6 +814,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         archs = archs[:args.limit]
     if not args.resume and args.csv.is_file():
         args.csv.unlink()
+    if args.csv.is_file() and csv_header(args.csv) != COLUMNS:
+        compact_csv(args.csv)  # a CSV from an older column set: rewrite it before appending rows
     done = {}
     for row in read_rows(args.csv):
         done[row["model"]] = row
