@@ -327,8 +327,8 @@ def make_executor(name: str = "local", *, ray_address: Optional[str] = None, cpu
                   gpus_per_task: float = 0) -> Executor:
     """The executor ``--executor NAME`` asks for ("local" or "ray")."""
     if name == "local":
-        if ray_address is not None or gpus_per_task:
-            raise InputError("--ray-address and --gpus-per-task apply to --executor ray only")
+        if ray_address is not None or gpus_per_task or cpus_per_task != 1:
+            raise InputError("--ray-address, --gpus-per-task and --cpus-per-task apply to --executor ray only")
         return LocalExecutor()
     if name == "ray":
         import_ray()

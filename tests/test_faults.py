@@ -24,7 +24,7 @@ sys.path.insert(0, {tests!r})
 from test_executors import bench
 from posthoc_csra.executors import Faults, LocalExecutor, RayExecutor
 kind, spec, cache, address = sys.argv[1:5]
-faults = Faults(delay_s=0.4)
+faults = Faults(delay_s=1.0)
 executor = LocalExecutor(faults=faults) if kind == "local" else RayExecutor(address=address, faults=faults)
 bench([spec], cache, executor)
 print("finished uninterrupted")
