@@ -274,13 +274,26 @@ def load_card_scorer(card: Union[ScorerCard, PathLike], checkpoint=None, pretrai
 
 # ---------------------------------------------------------------- bench table → cards
 def _temperatures(heads) -> Tuple[float, ...]:
-    """A table's heads cell (a head count, or temperatures "1,inf") → temperatures; missing → H=1."""
+    """A table's heads cell (a head count, also as 4.0 after a CSV round trip, or temperatures "1,inf")
+    → temperatures; missing (method model or a baseline) → H=1."""
     if _is_missing(heads):
         return HEAD_SETS[1]
     text = str(heads)
-    if text.isdigit() and int(text) in HEAD_SETS:
-        return HEAD_SETS[int(text)]
-    return tuple(parse_temperature(t) for t in text.split(","))
+    try:
+        count = float(text)
+    except ValueError:
+        return tuple(parse_temperature(t) for t in text.split(","))
+    return HEAD_SETS[int(count)] if count in HEAD_SETS else (count,)
+
+
+def parse_methods(text: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """``"model,csra"`` (or a list) → the methods a card may keep, each one of ``METHODS``."""
+    items = [m.strip() for m in text.split(",")] if isinstance(text, str) else [str(m) for m in text]
+    items = [m for m in items if m]
+    unknown = [m for m in items if m not in METHODS]
+    if not items or unknown:
+        raise InputError(f"bad method list {text!r}: comma-separated methods from {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(items))
 
 
 #: On equal val mAP the simpler choice wins: the model itself, then CSRA (the table's order within: smaller λ,
@@ -379,4 +392,4 @@ def _count(value) -> Optional[int]:
 __all__ = ["CARD_FORMAT", "CARD_VERSION", "SCORER_METHODS", "Weights", "Preprocessing", "Rule",
            "Choice", "ScorerCard", "card_to_dict", "card_from_dict", "write_card", "write_cards",
            "read_card", "card_record", "check_weights", "scorer_from_card", "load_card_scorer",
-           "chosen_rows", "cards_from_table"]
+           "parse_methods", "chosen_rows", "cards_from_table"]

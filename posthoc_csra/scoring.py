@@ -66,8 +66,12 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
                  topk: int = 5, img_size: Optional[int] = None, batch_size: int = 32, workers: int = 2,
                  device: str = "cpu", amp: str = "none", channels_last: bool = False, compile: bool = False,
                  all_scores: bool = False, output: Union[str, Path, None] = None, strict: bool = False,
-                 progress: bool = True) -> ScoreResult:
+                 progress: bool = True, card: Union[str, Path, None] = None) -> ScoreResult:
     """Score every image under ``image_dir``; one row per file, bad files get an ``error``.
+
+    ``card``: a scorer card (``bench --save-cards``); it sets the model, img_size, preprocessing and
+    rule (``model``, ``lam``, ``heads``, ``space`` and ``img_size`` are not used), refuses weights other
+    than its own, and the table records it (columns ``card``, ``card_sha256``).
 
     The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, space, λ, temperatures),
     constant over the rows, so every written file says what produced it. ``output`` (.csv, .json,
@@ -90,13 +94,22 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
     batch_size, workers = check_batch_size(batch_size), check_workers(workers)
     temperatures, space = resolve_temperatures(heads), check_space(space)
     runtime = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile)
-    check_model_name(model)
-    paths = find_images(image_dir)
-    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
-                     **({"img_size": img_size} if img_size else {}))
-    transform, config = data_transform(net, img_size)
-    scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=temperatures, space=space,
-                                        input_size=config["input_size"]))
+    if card is None:
+        check_model_name(model)
+        paths = find_images(image_dir)
+        net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
+                         **({"img_size": img_size} if img_size else {}))
+        transform, config = data_transform(net, img_size)
+        scorer = CSRAScorer(net, lam=lam, heads=temperatures, space=space, input_size=config["input_size"])
+    else:
+        from .cards import load_card_scorer, read_card
+
+        scorer_card = read_card(card)
+        paths = find_images(image_dir)
+        net, scorer = load_card_scorer(scorer_card, checkpoint, pretrained)
+        transform, config = scorer_card.preprocessing.transform(), scorer_card.preprocessing.data_config()
+        model, lam, space = scorer_card.model, scorer.lam, scorer.space
+    scorer = runtime.prepare(scorer)
     runtime.compile_model(net)
     scorer.report()
     names = class_names(net)
@@ -104,6 +117,10 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
     height, width = (int(v) for v in config["input_size"][-2:])
     settings = dict(model=model, weights=weights_of(net)[0], img_size=height if height == width else f"{height}x{width}",
                     space=space, lam=lam, temperatures=format_temperatures(scorer.temperatures))
+    if card is not None:
+        from .cards import card_record
+
+        settings.update(card_record(card))
 
     files = ImageFiles(paths, image_dir, transform)
     loader = torch.utils.data.DataLoader(files, batch_size=batch_size, num_workers=workers,

@@ -187,3 +187,20 @@ def test_missing_or_non_json_card_is_refused(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(InputError, match="not JSON"):
         cards.read_card(tmp_path / "x.json")
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from posthoc_csra.cli import main
+
+    return CliRunner().invoke(main, ["-q", *map(str, args)])
+
+
+def test_bench_save_cards_needs_a_validation_choice_and_known_methods(tmp_path):
+    result = _cli("bench", "-m", MODEL, "-d", "csv:labels.csv", "--save-cards", tmp_path / "cards")
+    assert result.exit_code == 2 and "add --select-on val" in result.output
+    result = _cli("bench", "-m", MODEL, "-d", "csv:labels.csv", "--select-on", "val", "--save-cards", tmp_path,
+                  "--card-methods", "csra,magic")
+    assert result.exit_code == 2 and "--card-methods: bad method list" in result.output
+    assert not (tmp_path / "cards").exists()

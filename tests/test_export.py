@@ -104,3 +104,69 @@ def test_onnx_without_its_packages_says_how_to_install_them(photos, tmp_path, mo
     with pytest.raises(InputError, match=r"onnxscript.*posthoc-csra\[onnx\]"):
         export.export_onnx(export.export_program(scorer, images), scorer, images, tmp_path / "s.onnx")
     assert not (tmp_path / "s.onnx").exists()
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from posthoc_csra.cli import main
+
+    return CliRunner().invoke(main, ["-q", *map(str, args)])
+
+
+def test_bench_cards_then_score_and_export_with_the_card(shared, photos, tmp_path):
+    """bench --save-cards on real VOC images → score --card on the shared photos → export --card."""
+    import pandas as pd
+
+    from posthoc_csra.models import load_model, weights_of
+
+    voc = f"subset:12:voc2007:{shared / 'data' / 'voc2007'}@trainval"
+    result = _cli("bench", "-m", "tf_efficientnet_lite0", "-d", voc, "--lam", "0,0.5,2", "--heads", "1,4",
+                  "--select-on", "val", "--save-cards", tmp_path / "cards", "--card-methods", "model,csra",
+                  "--cache-dir", tmp_path / "cache", "--workers", "0", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "cards").iterdir()
+    card = cards.read_card(path)
+    assert f"wrote card {path}" in result.output
+    assert card.model == "tf_efficientnet_lite0" and card.chosen_with.dataset == "subset12(voc2007@trainval)"
+    assert card.preprocessing.full_frame and card.runnable and card.chosen_with.test_mAP is not None
+    assert card.weights.identity == weights_of(load_model("tf_efficientnet_lite0"))[1]
+
+    result = _cli("score", photos, "--card", path, "-o", tmp_path / "scores.csv", "--all-scores", "--workers", "0",
+                  "--no-progress")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "scores.csv")
+    record = cards.card_record(path)
+    assert (table["card"] == record["card"]).all() and (table["card_sha256"] == record["card_sha256"]).all()
+    assert (table["lam"] == card.lam).all() and (table["space"] == card.rule.space).all()
+
+    result = _cli("score", photos, "--card", path, "--lam", "0.3")
+    assert result.exit_code == 2 and "drop --lam" in result.output
+    result = _cli("score", photos, "--card", path, "--random-weights", "--workers", "0", "--no-progress")
+    assert result.exit_code == 1 and card.weights.identity in result.output and "Fix:" in result.output
+
+    result = _cli("export", "--card", path, "-o", tmp_path / "scorer.pt2", "--check-images", photos)
+    assert result.exit_code == 0, result.output
+    module, meta = export.load_program(tmp_path / "scorer.pt2")
+    assert meta["card_file"] == record and meta["card"] == cards.card_to_dict(card)
+    transform = card.preprocessing.transform()
+    images = export.load_images(export.check_images(photos), transform)
+    scorer = cards.scorer_from_card(card, load_model("tf_efficientnet_lite0"))
+    class_columns = table.columns[-card.num_classes:]
+    with torch.no_grad():
+        scores = scorer(images)
+        assert torch.allclose(module(images), scores, rtol=0, atol=1e-5)
+    scored = table.set_index("image").loc[[p.name for p in export.check_images(photos)], class_columns]
+    assert torch.allclose(torch.tensor(scored.to_numpy(), dtype=torch.float32), scores, rtol=0, atol=1e-4)
+
+
+def test_export_command_with_model_and_rule_options(photos, tmp_path):
+    result = _cli("export", "-m", "test_resnet", "--random-weights", "--img-size", IMG, "--lam", "0.3", "--heads", "2",
+                  "--space", "prob", "-o", tmp_path / "s.pt2", "--check-images", photos / "parrot.jpg")
+    assert result.exit_code == 0, result.output
+    assert "checked against the eager scorer on parrot.jpg at batch 1 and 3" in result.output
+    _, meta = export.load_program(tmp_path / "s.pt2")
+    assert (meta["model"], meta["lam"], meta["heads"], meta["space"]) == ("test_resnet", 0.3, [1.0, "inf"], "prob")
+    assert meta["input_size"] == [3, IMG, IMG] and meta["weights"]["label"] == "random"
+    result = _cli("export", "-m", "test_resnet", "--random-weights", "-o", tmp_path / "s.onnx")
+    assert result.exit_code == 2 and "must end in .pt2" in result.output

@@ -12,7 +12,7 @@ import sys
 import click
 
 from .. import __version__
-from . import bench, explain, score
+from . import bench, explain, export, score
 from .options import CommandGroup
 
 
@@ -31,5 +31,6 @@ def main(quiet):
 main.add_command(score.command)
 main.add_command(bench.command)
 main.add_command(explain.command)
+main.add_command(export.command)
 
 __all__ = ["main"]

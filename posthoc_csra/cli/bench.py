@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..baselines import METHODS
+from ..cards import parse_methods
 from ..errors import InputError
 from ..executors import EXECUTORS
 from ..parsing import parse_heads, parse_img_sizes, parse_lams, parse_spaces
@@ -68,6 +70,22 @@ data_options = OptionGroup("data", (
 ))
 
 
+def _cards(save_cards, card_methods) -> dict:
+    return dict(directory=save_cards, methods=card_methods)
+
+
+#: → ``cards``: where ``bench --select-on val`` writes one scorer card per (model, dataset) (``cards.py``).
+card_options = OptionGroup("cards", (
+    click.option("--save-cards", type=click.Path(file_okay=False), metavar="DIR",
+                 help="With --select-on val: write one scorer card per (model, dataset) into DIR: the choice "
+                      "(method, space, heads, λ, img size) with the best val mAP, its val and test mAP, the "
+                      "weights identity and preprocessing; use it with `score --card` and `export --card`."),
+    click.option("--card-methods", default=",".join(METHODS), show_default=True, callback=checked(parse_methods),
+                 help="The methods a card may choose from; e.g. model,csra for cards `score --card` can run "
+                      "(the pooling baselines are not run by the scorer yet)."),
+), _cards)
+
+
 def _executor(executor, ray, ray_address, gpus_per_task, cpus_per_task):
     from ..executors import make_executor
 
@@ -109,12 +127,13 @@ executor_options = OptionGroup("executor", (
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_output_path),
               help="Write the table: .csv, .parquet or .json (plus a Markdown .md beside it), or .md only.")
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write the Markdown table here instead.")
+@card_options
 @data_options
 @device_options
 @loader_options
 @executor_options
 @progress_option
-def command(models, weights, datasets, sweep, evaluation, output, markdown, data, device, loader, executor,
+def command(models, weights, datasets, sweep, evaluation, output, markdown, cards, data, device, loader, executor,
             no_progress):
     """Benchmark models × datasets × λ × head sets × spaces; print and save a tidy mAP table.
 
@@ -133,6 +152,8 @@ def command(models, weights, datasets, sweep, evaluation, output, markdown, data
     from ..runtime import Runtime
     from ..tables import write_table, write_text
 
+    if cards["directory"] is not None and evaluation["select_on"] != "val":
+        raise OptionError("--save-cards keeps a choice made on validation images: add --select-on val")
     options = EvalOptions(lams=sweep["lams"], heads=sweep["heads"], spaces=sweep["spaces"], **evaluation)
     loading = LoadOptions(batch_size=loader["batch_size"], workers=loader["workers"], chunk_size=data["chunk_size"],
                           dataset_seed=data["dataset_seed"], mosaic_count=data["mosaic_count"],
@@ -155,3 +176,10 @@ def command(models, weights, datasets, sweep, evaluation, output, markdown, data
                + (f"; wrote {', '.join(written)}" if written else ""), err=True)
     if n_errors and n_errors == len(table):
         raise click.ClickException(f"every model/dataset failed; first error: {table['error'].iloc[0]}")
+    if cards["directory"] is not None:
+        from ..cards import cards_from_table, write_cards
+
+        made = cards_from_table(table, ModelSource(**weights), loading, cards["methods"])
+        for path, card in zip(write_cards(made, cards["directory"]), made):
+            click.echo(f"wrote card {path}: {card.describe()}" + (
+                "" if card.runnable else f" (score/export cannot run {card.rule.method} yet)"), err=True)

@@ -136,6 +136,25 @@ rule_options = OptionGroup("rule", (
 ), _rule)
 
 
+# ---------------------------------------------------------------- scorer cards
+#: --card FILE (score, export): the scorer ``bench --select-on val --save-cards DIR`` chose.
+card_option = click.option("--card", type=click.Path(dir_okay=False), metavar="FILE",
+                           help="A scorer card from `bench --select-on val --save-cards DIR`: the model, img size, "
+                                "preprocessing and rule come from it (instead of --model, --img-size, --lam, "
+                                "--heads/--temperatures, --space); weights other than the card's are refused.")
+#: The options a card sets (by parameter name).
+CARD_SETS = ("model", "img_size", "lam", "heads", "temperatures", "space")
+
+
+def refuse_with_card(card) -> None:
+    """OptionError when ``--card`` is given together with an option it sets."""
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in CARD_SETS
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if card is not None and given:
+        raise OptionError(f"--card sets the model, img size, preprocessing and rule; drop {', '.join(given)}")
+
+
 # ---------------------------------------------------------------- input size and top-k
 img_size_option = click.option("--img-size", type=int, callback=checked(check_img_size), metavar="N",
                                help="Input size in pixels, >= 32 (default: the model's own).")
@@ -173,5 +192,6 @@ def heads_text(temperatures) -> str:
 
 
 __all__ = ["OptionError", "CommandGroup", "OptionGroup", "checked", "option_name", "model_option",
-           "weights_options", "rule_options", "img_size_option", "topk_option", "device_options", "loader_options",
+           "card_option", "CARD_SETS", "refuse_with_card", "weights_options", "rule_options", "img_size_option",
+           "topk_option", "device_options", "loader_options",
            "progress_option", "heads_text"]

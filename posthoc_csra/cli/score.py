@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from ..tables import check_table_path
-from .options import (checked, device_options, heads_text, img_size_option, loader_options, model_option,
-                      progress_option, rule_options, topk_option, weights_options)
+from .options import (card_option, checked, device_options, heads_text, img_size_option, loader_options, model_option,
+                      progress_option, refuse_with_card, rule_options, topk_option, weights_options)
 
 
 def terminal_view(table) -> str:
@@ -24,6 +24,7 @@ def terminal_view(table) -> str:
 
 @click.command("score")
 @click.argument("image_dir", type=click.Path())
+@card_option
 @model_option
 @weights_options
 @rule_options
@@ -37,7 +38,7 @@ def terminal_view(table) -> str:
 @click.option("--all-scores", is_flag=True, help="One column per class, named by class label, in class order.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be scored.")
 @progress_option
-def command(image_dir, model, weights, rule, img_size, device, loader, topk, output, all_scores, strict,
+def command(image_dir, card, model, weights, rule, img_size, device, loader, topk, output, all_scores, strict,
             no_progress):
     """Score every image under IMAGE_DIR (recursive; every format Pillow reads).
 
@@ -49,16 +50,20 @@ def command(image_dir, model, weights, rule, img_size, device, loader, topk, out
       posthoc-csra score ../shared/data/photos
       posthoc-csra score photos/ --space prob --lam 0.3 --heads 4 -o scores.parquet
       posthoc-csra score photos/ -m resnet50 --checkpoint resnet50.safetensors --all-scores -o s.csv
+      posthoc-csra score photos/ --card cards/tf_efficientnet_lite0__voc2007@trainval.json -o s.csv
     """
     from ..scoring import score_folder
 
+    refuse_with_card(card)
     result = score_folder(image_dir, model=model, **weights, **rule, img_size=img_size, **device, **loader,
-                          topk=topk, all_scores=all_scores, output=output, strict=False, progress=not no_progress)
+                          topk=topk, all_scores=all_scores, output=output, strict=False, progress=not no_progress,
+                          card=card)
     if output is None:
         click.echo(terminal_view(result.table))
     settings = result.settings
     click.echo(f"scored {result.n_scored} image(s), {result.n_failed} failed" + (f"; wrote {output}" if output else "")
                + f" [{settings['model']} ({settings['weights']}) at {settings['img_size']} px, {settings['space']} "
-                 f"space, λ={settings['lam']:g}, heads {heads_text(result.temperatures)}]", err=True)
+                 f"space, λ={settings['lam']:g}, heads {heads_text(result.temperatures)}"
+               + (f", card {card}" if card else "") + "]", err=True)
     if strict and result.n_failed:
         raise click.ClickException(f"--strict: {result.n_failed} file(s) could not be scored (see the error column)")
