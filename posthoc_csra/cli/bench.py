@@ -7,7 +7,9 @@ import click
 
 from ..baselines import METHODS
 from ..cards import parse_methods
+from ..datasets import DATASETS
 from ..errors import InputError
+from ..evaluation import COLUMN_HELP, TOPK
 from ..executors import EXECUTORS
 from ..parsing import parse_heads, parse_img_sizes, parse_lams, parse_spaces
 from ..tables import check_table_path
@@ -17,9 +19,20 @@ from .options import OptionError, OptionGroup, checked, device_options, loader_o
 #: --output formats: a data table (a Markdown .md is written beside it) or Markdown only.
 OUTPUT_FORMATS = (".csv", ".parquet", ".json", ".md")
 #: The Markdown view of the benchmark table: which columns, and how numbers are written.
-MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "split", "n_images", "space", "heads", "lam", "selected",
-                    "mAP", "delta", "CF1", "OF1", "error"]
-MARKDOWN_FORMATS = {"mAP": ".2f", "delta": "+.2f", "CF1": ".2f", "OF1": ".2f", "lam": "g"}
+MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "preprocessing", "split", "n_images", "method", "space", "heads",
+                    "lam", "selected", "mAP", "delta", f"CF1@top{TOPK}", f"OF1@top{TOPK}", "CF1@t", "OF1@t", "error"]
+MARKDOWN_FORMATS = {"mAP": ".2f", "delta": "+.2f", f"CF1@top{TOPK}": ".2f", f"OF1@top{TOPK}": ".2f", "CF1@t": ".2f",
+                    "OF1@t": ".2f", "lam": "g"}
+
+
+def _columns_epilog(width: int = 78) -> str:
+    """What every table column means, from ``evaluation.COLUMN_HELP`` (the one list)."""
+    import textwrap
+
+    lines = ["\b", "Table columns (mAP, delta and F1 figures are percentages):"]
+    for column, meaning in COLUMN_HELP.items():
+        lines += textwrap.wrap(meaning, width, initial_indent=f"  {column:<14} ", subsequent_indent=" " * 17)
+    return "\n".join(lines)
 
 
 def markdown_table(table) -> str:
@@ -81,8 +94,8 @@ card_options = OptionGroup("cards", (
                       "(method, space, heads, λ, img size) with the best val mAP, its val and test mAP, the "
                       "weights identity and preprocessing; use it with `score --card` and `export --card`."),
     click.option("--card-methods", default=",".join(METHODS), show_default=True, callback=checked(parse_methods),
-                 help="The methods a card may choose from; e.g. model,csra for cards `score --card` can run "
-                      "(the pooling baselines are not run by the scorer yet)."),
+                 help="The methods a card may choose from, e.g. csra to keep the best CSRA choice even where a "
+                      "pooling baseline or the model itself scores higher on val."),
 ), _cards)
 
 
@@ -114,14 +127,15 @@ executor_options = OptionGroup("executor", (
 ), _executor)
 
 
-@click.command("bench")
+@click.command("bench", epilog=_columns_epilog())
 @click.option("--models", "-m", "models", multiple=True, metavar="NAMES",
               help="Model names, wildcards (fnmatch over timm.list_models(), or over the manifest's entries "
                    "with a manifest --checkpoint) or @FILE (one name per line); comma-separated, repeatable. "
                    "Default with a manifest --checkpoint: all its entries.")
 @weights_options
 @click.option("--dataset", "-d", "datasets", multiple=True, required=True, metavar="SPEC",
-              help="imagenet-real:DIR, mosaic:SPEC, voc2007:DIR, coco2014:DIR, csv:FILE; repeatable.")
+              help=", ".join(kind.syntax for kind in DATASETS.values()) + "; repeatable. VOC and COCO are "
+                   "evaluated the paper's way: the whole image resized to the input size, no centre crop.")
 @sweep_options
 @evaluation_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_output_path),
@@ -181,5 +195,4 @@ def command(models, weights, datasets, sweep, evaluation, output, markdown, card
 
         made = cards_from_table(table, ModelSource(**weights), loading, cards["methods"])
         for path, card in zip(write_cards(made, cards["directory"]), made):
-            click.echo(f"wrote card {path}: {card.describe()}" + (
-                "" if card.runnable else f" (score/export cannot run {card.rule.method} yet)"), err=True)
+            click.echo(f"wrote card {path}: {card.describe()}", err=True)
