@@ -34,8 +34,6 @@ if TYPE_CHECKING:  # torch stays out of import time
 CARD_FORMAT = "posthoc-csra scorer card"
 #: Bumped when a field changes meaning; a card of another version is refused with the reason.
 CARD_VERSION = 1
-#: Methods ``CSRAScorer`` runs, with the λ each uses: "model" is the model itself (λ = 0).
-SCORER_METHODS = {"csra": lambda lam: lam, "model": lambda lam: 0.0}
 
 PathLike = Union[str, Path]
 
@@ -113,13 +111,9 @@ class ScorerCard:
     version: int = CARD_VERSION
 
     @property
-    def runnable(self) -> bool:
-        return self.rule.method in SCORER_METHODS
-
-    @property
     def lam(self) -> float:
-        """The λ the scorer uses (0 for method "model")."""
-        return SCORER_METHODS[self.rule.method](self.rule.lam) if self.runnable else math.nan
+        """The λ the scorer uses: the card's for method "csra", else 0 (the model, a pooling baseline)."""
+        return self.rule.lam if self.rule.method == "csra" else 0.0
 
     def file_name(self) -> str:
         """``{model}__{dataset}.json`` with characters other than ``A-Za-z0-9._@-`` replaced by ``_``."""
@@ -249,20 +243,16 @@ def check_weights(card: ScorerCard, model: "nn.Module", source: str = "card") ->
 
 # ---------------------------------------------------------------- card → scorer
 def scorer_from_card(card: Union[ScorerCard, PathLike], model: "nn.Module") -> "CSRAScorer":
-    """The ``CSRAScorer`` a card describes, on ``model``; refuses other weights and non-scorer methods."""
+    """The ``CSRAScorer`` a card describes (its method, space, heads and λ) on ``model``; InputError for a
+    model with other weights (UnsupportedModelError for a baseline that does not apply to the model)."""
     from .scorer import CSRAScorer
 
     source = "card" if isinstance(card, ScorerCard) else f"--card {card}"
     card = card if isinstance(card, ScorerCard) else read_card(card)
     check_weights(card, model, source)
-    if not card.runnable:
-        raise InputError(
-            f"{source} chose method {card.rule.method!r} ({card.chosen_with.dataset} val mAP "
-            f"{card.chosen_with.val_mAP:.2f}), a baseline CSRAScorer cannot run yet; it runs "
-            f"{', '.join(SCORER_METHODS)}. Fix: re-run bench with --card-methods {','.join(SCORER_METHODS)} so the "
-            f"card keeps the best choice the scorer runs (cards_from_table(..., methods=SCORER_METHODS))")
+    size = card.preprocessing.img_size
     return CSRAScorer(model, lam=card.lam, heads=card.rule.temperatures, space=card.rule.space,
-                      input_size=(3, card.preprocessing.img_size, card.preprocessing.img_size))
+                      input_size=(3, size, size), method=card.rule.method)
 
 
 def load_card_scorer(card: Union[ScorerCard, PathLike], checkpoint=None, pretrained: Optional[bool] = None):
@@ -389,7 +379,7 @@ def _count(value) -> Optional[int]:
     return None if _is_missing(value) else int(value)
 
 
-__all__ = ["CARD_FORMAT", "CARD_VERSION", "SCORER_METHODS", "Weights", "Preprocessing", "Rule",
+__all__ = ["CARD_FORMAT", "CARD_VERSION", "Weights", "Preprocessing", "Rule",
            "Choice", "ScorerCard", "card_to_dict", "card_from_dict", "write_card", "write_cards",
            "read_card", "card_record", "check_weights", "scorer_from_card", "load_card_scorer",
            "parse_methods", "chosen_rows", "cards_from_table"]

@@ -207,8 +207,8 @@ def scorer_metadata(scorer: "CSRAScorer", model_name: str, data_config: dict, ca
     from .models import class_names, weights_of
 
     label, identity = weights_of(scorer.model)
-    meta = dict(model=model_name, weights={"label": label, "identity": identity}, space=scorer.space,
-                lam=scorer.lam, heads=["inf" if math.isinf(t) else t for t in scorer.temperatures],
+    meta = dict(model=model_name, weights={"label": label, "identity": identity}, method=scorer.method,
+                space=scorer.space, lam=scorer.lam, heads=["inf" if math.isinf(t) else t for t in scorer.temperatures],
                 exact=scorer.exact, data_config={k: list(v) if isinstance(v, tuple) else v
                                                  for k, v in data_config.items()},
                 classes=class_names(scorer.model))
@@ -238,18 +238,18 @@ def export_model(output: PathLike, rule: "Rule", model: str, checkpoint=None, pr
                  img_size: Optional[int] = None, images: Optional[PathLike] = None, atol: float = ATOL,
                  onnx: Optional[PathLike] = None) -> ExportResult:
     """``posthoc-csra export`` with model and rule options (as ``score``): the model's own preprocessing."""
-    from .cards import SCORER_METHODS
     from .runner import prepare_model
     from .scorer import CSRAScorer
 
     prepared = prepare_model(model, img_size, checkpoint, pretrained)
     transform, config = prepared.preprocessing[False]
-    scorer = CSRAScorer(prepared.net, lam=SCORER_METHODS[rule.method](rule.lam), heads=rule.temperatures,
-                        space=rule.space, input_size=config["input_size"])
+    scorer = CSRAScorer(prepared.net, lam=rule.lam, heads=rule.temperatures, space=rule.space,
+                        input_size=config["input_size"], method=rule.method)
     paths = check_images(images)
     return export_scorer(scorer, load_images(paths, transform), output, scorer_metadata(scorer, model, config),
                          atol, [p.name for p in paths], onnx)
 
 
-__all__ = ["EXPORT_META", "ATOL", "ExportCheckError", "ExportCheck", "ExportResult", "check_images", "load_images",
-           "export_program", "load_program", "compare", "export_scorer", "export_onnx", "ONNX_ATOL", "scorer_metadata", "export_card", "export_model"]
+__all__ = ["EXPORT_META", "ATOL", "ONNX_ATOL", "ExportCheckError", "ExportCheck", "ExportResult", "check_images",
+           "load_images", "export_program", "load_program", "compare", "export_scorer", "export_onnx", "scorer_metadata",
+           "export_card", "export_model"]

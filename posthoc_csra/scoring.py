@@ -71,7 +71,7 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
 
     ``card``: a scorer card (``bench --save-cards``); it sets the model, img_size, preprocessing and
     rule (``model``, ``lam``, ``heads``, ``space`` and ``img_size`` are not used), refuses weights other
-    than its own, and the table records it (columns ``card``, ``card_sha256``).
+    than its own, and the table records it (columns ``method``, ``card``, ``card_sha256``).
 
     The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, space, λ, temperatures),
     constant over the rows, so every written file says what produced it. ``output`` (.csv, .json,
@@ -120,7 +120,7 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
     if card is not None:
         from .cards import card_record
 
-        settings.update(card_record(card))
+        settings.update(method=scorer.method, **card_record(card))
 
     files = ImageFiles(paths, image_dir, transform)
     loader = torch.utils.data.DataLoader(files, batch_size=batch_size, num_workers=workers,

@@ -14,16 +14,18 @@ from posthoc_csra.scorer import CSRAScorer
 IMG = 64
 
 
-def _scorer(name, space):
+def _scorer(name, space, method="csra"):
     prepared = prepare_model(name, IMG, pretrained=False)
     transform, config = prepared.preprocessing[False]
-    scorer = CSRAScorer(prepared.net, lam=0.5, heads=(1.0, math.inf), space=space, input_size=config["input_size"])
+    scorer = CSRAScorer(prepared.net, lam=0.5, heads=(1.0, math.inf), space=space, input_size=config["input_size"],
+                        method=method)
     return scorer, transform
 
 
-@pytest.mark.parametrize("name, space", [("resnet18", "logit"), ("test_vit", "prob")])
-def test_exported_program_scores_equal_the_scorer_at_batch_1_and_3(name, space, photos, tmp_path):
-    scorer, transform = _scorer(name, space)
+@pytest.mark.parametrize("name, space, method", [("resnet18", "logit", "csra"), ("test_vit", "prob", "csra"),
+                                                 ("test_resnet", "prob", "max-pool")])
+def test_exported_program_scores_equal_the_scorer_at_batch_1_and_3(name, space, method, photos, tmp_path):
+    scorer, transform = _scorer(name, space, method)
     paths = export.check_images(photos)
     images = export.load_images(paths, transform)
     assert images.shape == (3, 3, IMG, IMG)
@@ -129,7 +131,7 @@ def test_bench_cards_then_score_and_export_with_the_card(shared, photos, tmp_pat
     card = cards.read_card(path)
     assert f"wrote card {path}" in result.output
     assert card.model == "tf_efficientnet_lite0" and card.chosen_with.dataset == "subset12(voc2007@trainval)"
-    assert card.preprocessing.full_frame and card.runnable and card.chosen_with.test_mAP is not None
+    assert card.preprocessing.full_frame and card.chosen_with.test_mAP is not None
     assert card.weights.identity == weights_of(load_model("tf_efficientnet_lite0"))[1]
 
     result = _cli("score", photos, "--card", path, "-o", tmp_path / "scores.csv", "--all-scores", "--workers", "0",

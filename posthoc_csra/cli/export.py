@@ -64,9 +64,10 @@ def command(card, model, weights, rule, img_size, output, check_images, onnx):
                                      **weights)
     meta, check = result.metadata, result.check
     size_mb = result.path.stat().st_size / 2 ** 20
+    rule = (f"csra λ={meta['lam']:g} heads {heads_text(float(t) for t in meta['heads'])}"
+            if meta["method"] == "csra" else meta["method"])
     click.echo(f"wrote {result.path} ({size_mb:.1f} MiB): {meta['model']} ({meta['weights']['label']}) at "
-               f"{meta['input_size'][-1]} px, {meta['space']} space, λ={meta['lam']:g}, "
-               f"heads {heads_text(float(t) for t in meta['heads'])}, any batch size; checked against the eager "
+               f"{meta['input_size'][-1]} px, {rule}, {meta['space']} space, any batch size; checked against the eager "
                f"scorer on {', '.join(check.images)} at batch {' and '.join(map(str, check.batch_sizes))}: "
                f"max |Δ| = {check.max_abs_diff:.2g} (≤ {check.atol:g})", err=True)
     if result.onnx is not None:

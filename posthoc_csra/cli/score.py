@@ -64,6 +64,6 @@ def command(image_dir, card, model, weights, rule, img_size, device, loader, top
     click.echo(f"scored {result.n_scored} image(s), {result.n_failed} failed" + (f"; wrote {output}" if output else "")
                + f" [{settings['model']} ({settings['weights']}) at {settings['img_size']} px, {settings['space']} "
                  f"space, λ={settings['lam']:g}, heads {heads_text(result.temperatures)}"
-               + (f", card {card}" if card else "") + "]", err=True)
+               + (f", {settings['method']} from card {card}" if card else "") + "]", err=True)
     if strict and result.n_failed:
         raise click.ClickException(f"--strict: {result.n_failed} file(s) could not be scored (see the error column)")
