@@ -64,6 +64,7 @@ COLUMN_HELP: Dict[str, str] = {
     "seconds": "wall time to compute (or load) the statistics of this model, dataset and size",
     "cached": "True when the statistics came from the cache (no backbone pass)",
     "error": "why this model or dataset gave no metrics (its other metric columns are empty)",
+    "note": "why a method has no metrics for this model (e.g. a pooling baseline on a head that pools tokens)",
 }
 #: Column order of the benchmark table.
 COLUMNS: List[str] = list(COLUMN_HELP)
@@ -136,7 +137,7 @@ def _heads_label(heads, temps):
 
 def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES, *, class_map=None,
                    pool: str = "max", select_on: Optional[str] = None, val_fraction: float = 0.5,
-                   split_seed: int = 0, split=None):
+                   split_seed: int = 0, split=None, notes: Optional[Dict[str, Optional[str]]] = None):
     """Metric rows (columns of ``COLUMNS`` from split to pool) from cached statistics alone.
 
     stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, 8, C) at ``STAT_TEMPERATURES``, and
@@ -145,7 +146,8 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
     dataset's (its unmapped classes are left out). lams: λ values (0 is always added); heads_list: paper
     head counts or tuples of temperatures. select_on="val": rows for a val and a test split (``split``
     = (val_idx, test_idx), else ``datasets.split_indices(N, val_fraction, split_seed)``), with
-    ``selected`` and val-chosen thresholds.
+    ``selected`` and val-chosen thresholds. notes: per baseline method, why it does not apply to the
+    model (``CSRAScorer.baseline_notes()``); such a method gets rows with that reason in ``note``.
     """
     import pandas as pd
 
@@ -203,6 +205,11 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
             key = f"{space.name}@{method}"
             scores = np.asarray(stats[key]) if key in stats else None
             if scores is None or np.isnan(scores).all():  # absent, or all-NaN: not applicable to this model
+                reason = (notes or {}).get(method)
+                if reason:  # say why instead of leaving a gap
+                    add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, note=f"not applicable: {reason}",
+                             **common), [dict(split=name, n_images=len(np.arange(n)[sp.rows]), mAP=math.nan)
+                                         for name, sp in splits.items()])
                 continue
             add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, **common),
                 _split_metrics(pooled(scores), splits))

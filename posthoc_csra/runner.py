@@ -380,7 +380,8 @@ class BenchRun:
                                     select_on=evaluation.select_on, val_fraction=evaluation.val_fraction,
                                     split_seed=evaluation.split_seed,
                                     split=(dataset_split(ds, evaluation.val_fraction, evaluation.split_seed)
-                                           if evaluation.select_on else None))
+                                           if evaluation.select_on else None),
+                                    notes=info.get("baselines"))
                 del stats
                 frames.append(df.assign(**p.where(), preprocessing=_preprocessing(ds, p.cache),
                                         exact=info.get("exact"), seconds=round(p.seconds, 3),

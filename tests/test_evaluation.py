@@ -213,3 +213,32 @@ def test_column_help_is_the_one_column_list():
                         select_on="val")
     assert list(df.columns) == [c for c in COLUMNS if c in df.columns]
     assert set(evaluation.__all__) >= {"COLUMN_HELP", "COLUMNS", "evaluate_stats"}
+
+
+def test_readme_lists_every_column_from_column_help():
+    """README's column list is rendered from COLUMN_HELP (python benchmarks/readme_columns.py), not typed."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("readme_columns", root / "benchmarks" / "readme_columns.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert module.updated(text) == text, "README's column list is stale: run python benchmarks/readme_columns.py"
+
+
+def test_a_baseline_that_does_not_apply_gets_rows_that_say_why():
+    rng = np.random.default_rng(0)
+    n, c = 20, 4
+    stats = {"logit_base": rng.normal(size=(n, c)).astype(np.float32),
+             "logit_att": rng.normal(size=(n, 8, c)).astype(np.float32),
+             "logit@max-pool": np.full((n, c), np.nan, np.float32)}
+    targets = rng.random((n, c)) < 0.4
+    targets[0] = True
+    df = evaluate_stats(stats, targets, np.zeros((n, c), bool), [0.1], spaces=["logit"],
+                        notes={"max-pool": "needs a spatial feature map; NLC+1 tokens are pooled by the head"})
+    row = df[df["method"] == "max-pool"]
+    assert len(row) == 1 and row["mAP"].isna().all()
+    assert row["note"].iloc[0].startswith("not applicable: needs a spatial feature map")
+    assert set(df["method"]) == {"model", "csra", "max-pool"}
