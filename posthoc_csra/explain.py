@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import InputError
 from .parsing import check_img_size, check_lam, check_topk
+from .spaces import get_space
 from .spec import DEFAULT_MODEL
 
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
@@ -129,7 +130,7 @@ class Explanation:
 
 
 def _format_score(value: float, space: str) -> str:
-    return f"{value:.2f}" if space == "logit" else f"{value:.3f}"
+    return f"{value:.{get_space(space).digits}f}"
 
 
 def _format_t(t: float) -> str:
@@ -170,7 +171,6 @@ def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained:
     from .runtime import Runtime
     from .scorer import CSRAScorer
     from .scoring import data_transform
-    from .spaces import get_space
 
     lam, topk, img_size = check_lam(lam), check_topk(topk), check_img_size(img_size)
     get_space(space)
@@ -261,7 +261,7 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
                 title = f"{name} — attention softmax(T·s), T={_format_t(t)}"
             ax.set_title(textwrap.fill(title, 44), fontsize=11)
     heads = ",".join(_format_t(t) for t in result.temperatures)
-    what = "logit of the L2-normalised classifier" if result.space == "logit" else "softmax probability"
+    what = get_space(result.space).location_label
     fig.suptitle(textwrap.fill(f"{result.image.name} · {result.model} · heads T={{{heads}}} · per-location score "
                                f"s = {what} on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)",
                                int(10 * fig.get_figwidth())), fontsize=12)

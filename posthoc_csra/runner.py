@@ -63,7 +63,7 @@ def prepare_model(name: str, img_size: Optional[int] = None, checkpoint=None,
         torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
         net = load_model(name, checkpoint=checkpoint, pretrained=pretrained,
                          **({"img_size": img_size} if img_size else {}))
-    preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, crop_pct=1.0)}
+    preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, full_frame=True)}
     label, identity = weights_of(net)
     return PreparedModel(name, net, preprocessing, label, identity)
 
@@ -157,6 +157,17 @@ def _peak_rss_mb() -> float:
 
 def compute_chunk(job: ChunkJob, faults: Optional[Faults] = None) -> ChunkResult:
     """The chunk task (run by an executor, in any process): the statistics of ``job.rows``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.loading.threads or threads)
+    try:
+        return _compute_chunk(job, faults)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute_chunk(job: ChunkJob, faults: Optional[Faults]) -> ChunkResult:
     from .cache import cache_key, chunk_statistics, scorer_info
     from .scorer import CSRAScorer
 

@@ -49,15 +49,19 @@ def unique_column_names(names: Sequence[str], reserved: Sequence[str] = ()) -> L
     return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
 
 
-def data_transform(model, img_size: Optional[int] = None, crop_pct: Optional[float] = None):
-    """timm's own eval preprocessing for the model, at ``img_size`` / ``crop_pct`` when given."""
+def data_transform(model, img_size: Optional[int] = None, full_frame: bool = False):
+    """(transform, data config): timm's own eval preprocessing for the model, at ``img_size`` when given.
+
+    ``full_frame``: the whole image resized to img_size × img_size (timm's ``crop_mode="squash"`` with
+    ``crop_pct=1``), no centre crop — how the paper evaluates VOC and COCO, whose labels cover the whole frame.
+    """
     from timm.data import create_transform, resolve_model_data_config
 
     config = resolve_model_data_config(model)
     if img_size is not None:
         config["input_size"] = (3, img_size, img_size)
-    if crop_pct is not None:
-        config["crop_pct"] = crop_pct
+    if full_frame:
+        config.update(crop_pct=1.0, crop_mode="squash")
     return create_transform(**config, is_training=False), config
 
 

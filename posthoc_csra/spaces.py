@@ -36,6 +36,10 @@ class ScoreSpace:
 
     name = ""
     label = ""
+    #: what the per-location score ``s`` is, for figure titles
+    location_label = ""
+    #: decimals a score of this space is printed with
+    digits = 3
 
     def base(self, logits: "Tensor") -> "Tensor":
         """(B, C) model logits → (B, C) base scores."""
@@ -72,6 +76,8 @@ class LogitSpace(ScoreSpace):
 
     name = "logit"
     label = "logits"
+    location_label = "logit of the L2-normalised classifier"
+    digits = 2
 
     def base(self, logits):
         return logits
@@ -103,6 +109,8 @@ class ProbSpace(ScoreSpace):
 
     name = "prob"
     label = "softmax probabilities"
+    location_label = "softmax probability"
+    digits = 4
 
     def base(self, logits):
         return logits.softmax(dim=1)

@@ -173,3 +173,21 @@ def test_mosaic_count_only_applies_to_mosaic_specs(small_csv_dataset):
     loading = LoadOptions(mosaic_count=3)
     assert len(build_dataset(f"csv:{labels}", 16, loading)) == 8
     assert len(build_dataset(f"mosaic:csv:{labels}", 16, loading)) == 3
+
+
+def test_full_frame_preprocessing_keeps_the_whole_image():
+    """VOC/COCO the paper's way: the whole frame resized to S×S; timm's centre crop would cut the edges off."""
+    import timm
+    from PIL import Image
+
+    from posthoc_csra.scoring import data_transform
+
+    model = timm.create_model("resnet18", pretrained=False)
+    image = Image.new("RGB", (400, 200), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 40, 200))  # a red band on the left edge
+    full, config = data_transform(model, 64, full_frame=True)
+    cropped, _ = data_transform(model, 64)
+    assert config["crop_mode"] == "squash" and config["crop_pct"] == 1.0
+    red = full(image)[0, :, :4].mean()
+    assert red > 1.5  # normalised red channel of a red pixel
+    assert cropped(image)[0, :, :4].mean() < 0  # the crop lost the band

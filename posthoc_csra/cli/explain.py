@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..spaces import get_space
 from .options import checked, device_options, heads_text, img_size_option, model_option, rule_options, topk_option, \
     weights_options
 
@@ -11,7 +12,7 @@ def score_table(result) -> str:
     """One line per class: rank, short name, base and CSRA scores, peak location in image pixels."""
     width = max(len("class"), *(len(n) for n in result.short_names))
     lines = [f"{'rank':>4}  {'class':<{width}}  {'base':>8}  {'CSRA':>8}  peak (x, y)"]
-    digits = 2 if result.space == "logit" else 4
+    digits = get_space(result.space).digits
     for i, name in enumerate(result.short_names):
         x, y = result.peak(i)
         lines.append(f"{i + 1:>4}  {name:<{width}}  {result.base[i]:>8.{digits}f}  {result.csra[i]:>8.{digits}f}"
