@@ -12,6 +12,11 @@
 
 Images: ``--images`` ImageNet-ReaL images from ../shared (``subset:N:0:imagenet-real:DIR``), or,
 without ../shared, generated noise images with labels over the 1000 classes.
+
+Every task computes with one intra-op thread (``LoadOptions(threads=1)``, as a 1-CPU Ray task; the
+CLI driver gets OMP_NUM_THREADS=1): a different thread count changes the order of float reductions,
+and random-weight models have near-tied scores whose ranks (and so mAP) such rounding can flip. With
+equal threads the runs compute bit-identical statistics, so their tables must be equal row for row.
 """
 from __future__ import annotations
 
@@ -91,8 +96,9 @@ def kill_cli_driver(args, spec: str, cache_dir: Path, models_file: Path, total_c
                "--img-size", str(args.img_size), "--lam", LAMS, "--chunk-size", str(args.chunk_size),
                "-b", str(args.chunk_size), "-j", "0", "--cache-dir", str(cache_dir), "--no-progress"]
     start = time.perf_counter()
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(log, "wb") as out:
-        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         while complete_chunks(cache_dir) < total_chunks // 3 and driver.poll() is None:
             time.sleep(0.05)
         os.killpg(driver.pid, signal.SIGKILL)
@@ -113,7 +119,7 @@ def markdown(rows) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=32, help="images per model (one pass each)")
+    parser.add_argument("--images", type=int, default=64, help="images per model (one pass each)")
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=8, help="images per cache chunk = per task")
     parser.add_argument("--models", type=int, default=len(MODELS), help="the first N of the zoo")
@@ -139,7 +145,8 @@ def main(argv=None) -> int:
     total = chunks_per_model * len(models)
 
     evaluation = EvalOptions(lams=LAMS)
-    loading = LoadOptions(batch_size=args.chunk_size, workers=0, chunk_size=args.chunk_size, progress=False)
+    loading = LoadOptions(batch_size=args.chunk_size, workers=0, chunk_size=args.chunk_size, progress=False,
+                          threads=1)
 
     def bench(cache: str, executor):
         return run_bench(models, [spec], evaluation, loading, img_sizes=[args.img_size],
@@ -209,6 +216,8 @@ def main(argv=None) -> int:
         f"chunks of {args.chunk_size} images (one task each): {total} chunk tasks per full run; λ {LAMS}, both "
         f"spaces. Every run starts from its own empty cache except the fault steps, which share one.",
         "",
+        "* Every task computes with 1 intra-op thread (as a 1-CPU Ray task), so all runs compute bit-identical "
+        "statistics: local uses one core, Ray one per worker.",
         "* jobs/min: chunk tasks computed per minute of wall time.",
         "* task s/chunk: time inside a task (a worker's first task of a model includes loading it).",
         "* overhead s/chunk: (wall × parallel slots − Σ task time) / chunks computed — everything that is "

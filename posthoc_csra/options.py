@@ -70,6 +70,9 @@ class LoadOptions:
     chunk_size: images per cache chunk, the unit of work of every executor (for a new cache folder).
     dataset_seed, mosaic_count: which tiles and how many mosaics ``mosaic*:`` specs build.
     progress: one progress bar over all chunks (on stderr).
+    threads: torch intra-op threads of each chunk task (None: the process's own; a 1-CPU Ray task has
+    1). The thread count changes the order of float reductions, so only equal threads give
+    bit-identical statistics on every executor.
     """
 
     batch_size: int = 32
@@ -78,6 +81,7 @@ class LoadOptions:
     dataset_seed: int = 0
     mosaic_count: Optional[int] = None
     progress: bool = True
+    threads: Optional[int] = None
 
     def __post_init__(self):
         check_batch_size(self.batch_size)
@@ -86,6 +90,8 @@ class LoadOptions:
         _int("dataset_seed", self.dataset_seed, 0)
         if self.mosaic_count is not None:
             _int("mosaic_count", self.mosaic_count, 1)
+        if self.threads is not None:
+            _int("threads", self.threads, 1)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,9 @@ def csv_dataset(folder, n: int = 12, n_classes: int = 1000) -> str:
 
 
 def bench(specs, cache_dir, executor=None, models=(MODEL,), **loading):
-    """run_bench with a random-weights model at IMG px, chunks of 2 images, no progress bar."""
-    loading = LoadOptions(**{**dict(batch_size=2, workers=0, chunk_size=2, progress=False), **loading})
+    """run_bench with a random-weights model at IMG px, chunks of 2 images, one thread per task (as a
+    1-CPU Ray task: every executor then computes bit-identical statistics), no progress bar."""
+    loading = LoadOptions(**{**dict(batch_size=2, workers=0, chunk_size=2, progress=False, threads=1), **loading})
     return run_bench(list(models), specs, EvalOptions(lams="0,0.5", heads="1,8"), loading, img_sizes=[IMG],
                      source=ModelSource(pretrained=False), cache_dir=cache_dir, executor=executor)
 
@@ -83,7 +84,7 @@ def test_options_are_frozen_picklable_values_checked_when_built():
     for bad in (dict(lams="x"), dict(heads="3"), dict(select_on="test"), dict(val_fraction=1.0), dict(pool="avg")):
         with pytest.raises(InputError):
             EvalOptions(**bad)
-    for bad in (dict(batch_size=0), dict(workers=-1), dict(chunk_size=0), dict(mosaic_count=0)):
+    for bad in (dict(batch_size=0), dict(workers=-1), dict(chunk_size=0), dict(mosaic_count=0), dict(threads=0)):
         with pytest.raises(InputError):
             LoadOptions(**bad)
     with pytest.raises(InputError, match="not both"):
