@@ -503,8 +503,9 @@ def _worker(arch: str, conn, threads: int, mem_bytes: Optional[int]) -> None:
 
 def list_archs() -> List[str]:
     import timm
+    from timm.models import get_arch_name
 
-    return sorted({name.split(".", 1)[0] for name in timm.list_models(pretrained=True)})
+    return sorted({get_arch_name(name) for name in timm.list_models(pretrained=True)})
 
 
 def read_rows(path: Path) -> List[Dict]:
