@@ -119,8 +119,8 @@ def markdown(rows) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=64, help="images per model (one pass each)")
-    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=128, help="images per model (one pass each)")
+    parser.add_argument("--img-size", type=int, default=96)
     parser.add_argument("--chunk-size", type=int, default=8, help="images per cache chunk = per task")
     parser.add_argument("--models", type=int, default=len(MODELS), help="the first N of the zoo")
     parser.add_argument("--workdir", help="caches and logs (default: a temporary folder, removed)")
@@ -207,7 +207,8 @@ def main(argv=None) -> int:
     body = "\n".join([
         "# Scale and faults",
         "",
-        "Produced by `python benchmarks/scale.py` (" + " ".join(argv or sys.argv[1:]) + f"), {elapsed / 60:.1f} min.",
+        f"Produced by `{' '.join(['python benchmarks/scale.py', *(sys.argv[1:] if argv is None else argv)])}` "
+        f"in {elapsed / 60:.1f} min.",
         "",
         f"Machine: {machine}.",
         "",
