@@ -49,7 +49,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from posthoc_csra import heads as _heads  # noqa: E402
-from posthoc_csra.config import shared_dir  # noqa: E402
+from posthoc_csra.paths import shared_dir  # noqa: E402
 from posthoc_csra.runtime import Runtime  # noqa: E402
 from posthoc_csra.scorer import CSRAScorer, LocationOutput  # noqa: E402
 
@@ -417,7 +417,7 @@ def _forward_loop(image_dir: Path, args, runtime: Runtime, rule: bool) -> int:
     ``model(images)`` (``rule=False``, the plain timm loop) or ``CSRAScorer(images)``; returns images scored."""
     from posthoc_csra.images import ImageFiles, collate_images, find_images
     from posthoc_csra.models import load_model
-    from posthoc_csra.scoring import data_transform
+    from posthoc_csra.folder import data_transform
 
     paths = find_images(image_dir)
     model = load_model(PIPELINE_MODEL, **({"img_size": args.img_size} if args.img_size else {}))  # as score_folder
@@ -453,7 +453,7 @@ def scorer_loop(image_dir: Path, args, runtime: Runtime) -> int:
 def section_b(args, runtime: Runtime, log) -> dict:
     import logging
 
-    from posthoc_csra.scoring import score_folder
+    from posthoc_csra.folder import score_folder
 
     logging.getLogger("posthoc_csra").setLevel(logging.WARNING)
     device = runtime.torch_device

@@ -100,7 +100,7 @@ def lambda_plot(table, path: Path, img_size: int = 448) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", help="the shared assets folder (default: posthoc_csra.config.shared_dir())")
+    parser.add_argument("--shared", help="the shared assets folder (default: posthoc_csra.paths.shared_dir())")
     parser.add_argument("--cache-dir", help="statistics cache (default: the per-user cache)")
     parser.add_argument("--mosaics", type=int, default=508, help="number of 2×2 mosaics")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     from posthoc_csra.bench import EvalOptions, LoadOptions, ModelSource, run_bench
-    from posthoc_csra.config import shared_dir
+    from posthoc_csra.paths import shared_dir
     from posthoc_csra.tables import to_markdown, write_table
 
     shared = Path(args.shared) if args.shared else shared_dir()

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import ray
 
     from posthoc_csra.bench import EvalOptions, LoadOptions, ModelSource, run_bench
-    from posthoc_csra.config import shared_dir
+    from posthoc_csra.paths import shared_dir
     from posthoc_csra.executors import Faults, LocalExecutor, RayExecutor
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="posthoc-csra-scale-"))

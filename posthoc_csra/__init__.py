@@ -15,9 +15,9 @@ _EXPORTS = {
     "load_model": "models",
     "class_names": "models",
     "WeightsUnavailableError": "models",
-    "score_folder": "scoring",
-    "HEAD_SETS": "spec",
-    "SPACES": "spec",
+    "score_folder": "folder",
+    "HEAD_SETS": "choices",
+    "SPACES": "choices",
     "rule": None,
 }
 __all__ = list(_EXPORTS)

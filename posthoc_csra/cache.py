@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .baselines import BASELINES
-from .spec import SPACES, STAT_TEMPERATURES
+from .choices import SPACES, STAT_TEMPERATURES
 
 log = logging.getLogger("posthoc_csra")
 

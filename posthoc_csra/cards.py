@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 from .baselines import METHODS
 from .errors import InputError, MissingInputError
 from .parsing import parse_temperature
-from .spec import HEAD_SETS, SPACES
+from .choices import HEAD_SETS, SPACES
 
 if TYPE_CHECKING:  # torch stays out of import time
     from torch import nn

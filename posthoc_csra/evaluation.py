@@ -20,7 +20,7 @@ from .classmaps import POOLS, pool_members
 from .errors import InputError
 from .metrics import average_precision, average_precision_sweep, best_f1_threshold, f1_scores, topk_f1_scores
 from .spaces import get_space
-from .spec import SPACES, STAT_TEMPERATURES, check_lam, resolve_temperatures
+from .choices import SPACES, STAT_TEMPERATURES, check_lam, resolve_temperatures
 
 #: Top-k F1: each image predicts its TOPK highest-scoring classes.
 TOPK = 3
@@ -61,7 +61,8 @@ COLUMN_HELP: Dict[str, str] = {
             "(prob: --pool max or sum; logit: always max); empty without a class map",
     "exact": "True when the per-location path is exact for this head (mean of per-location logits = model "
              "logits); False: an approximation",
-    "seconds": "wall time to compute (or load) the statistics of this model, dataset and size",
+    "seconds": "time spent on the statistics of this model, dataset and size: chunk task time (summed over "
+               "workers, which may run in parallel) plus loading the cached arrays",
     "cached": "True when the statistics came from the cache (no backbone pass)",
     "error": "why this model or dataset gave no metrics (its other metric columns are empty)",
     "note": "why a method has no metrics for this model (e.g. a pooling baseline on a head that pools tokens)",

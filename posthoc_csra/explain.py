@@ -20,7 +20,7 @@ import numpy as np
 from .errors import InputError
 from .parsing import check_img_size, check_lam, check_topk
 from .spaces import get_space
-from .spec import DEFAULT_MODEL
+from .choices import DEFAULT_MODEL
 
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT, what timm uses when crop_pct is None
@@ -170,7 +170,7 @@ def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained:
     from .models import class_names, load_model
     from .runtime import Runtime
     from .scorer import CSRAScorer
-    from .scoring import data_transform
+    from .folder import data_transform
 
     lam, topk, img_size = check_lam(lam), check_topk(topk), check_img_size(img_size)
     get_space(space)

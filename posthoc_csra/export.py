@@ -66,7 +66,7 @@ class ExportResult:
 def check_images(path: Optional[PathLike] = None, limit: int = CHECK_IMAGES) -> List[Path]:
     """Real images for the check: ``path`` (a file, or the first ``limit`` images of a folder), by default
     the shared photos (``$POSTHOC_CSRA_SHARED/data/photos``)."""
-    from .config import shared_dir
+    from .paths import shared_dir
     from .images import find_images
 
     if path is None:

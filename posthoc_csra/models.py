@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, MissingInputError, PosthocCsraError
-from .spec import DEFAULT_MODEL
+from .choices import DEFAULT_MODEL
 from .weights import (LOADER_LITE_PACKAGE, WeightsEntry, file_sha256, find_local_weights, lite_package_hint,
                       load_state_dict_file, manifest_entry, read_manifest)
 

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 from .errors import InputError
 from .parsing import check_batch_size, check_workers, parse_heads, parse_lams, parse_spaces
-from .spec import SPACES
+from .choices import SPACES
 
 
 def _int(name: str, value, minimum: int) -> int:

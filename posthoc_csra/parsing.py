@@ -11,7 +11,7 @@ import numbers
 from typing import Iterable, List, Optional, Tuple, Union
 
 from .errors import InputError
-from .spec import HEAD_SETS, INF, SPACES, check_lam, check_space, resolve_temperatures
+from .choices import HEAD_SETS, INF, SPACES, check_lam, check_space, resolve_temperatures
 
 #: The smallest input side. timm's networks downsample by up to 32 (CNN stages; ViT/Swin patches of
 #: 16 or 32 pixels), so a smaller input leaves less than one location per side to score.
@@ -102,7 +102,7 @@ def _items(text) -> list:
 
 
 def parse_heads(text: Union[str, Iterable[int]]) -> List[int]:
-    """``"1,4,8"`` → [1, 4, 8] (paper head counts, ``spec.HEAD_SETS``)."""
+    """``"1,4,8"`` → [1, 4, 8] (paper head counts, ``choices.HEAD_SETS``)."""
     heads = [int(h) for h in _items(text) if str(h).isdigit()]
     if not heads or len(heads) != len(_items(text)) or any(h not in HEAD_SETS for h in heads):
         raise InputError(f"bad head list {text!r}: comma-separated head counts from {sorted(HEAD_SETS)}")

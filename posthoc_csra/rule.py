@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .parsing import parse_temperature  # noqa: F401
-from .spec import HEAD_SETS, INF, STAT_TEMPERATURES, Heads, resolve_temperatures  # noqa: F401
+from .choices import HEAD_SETS, INF, STAT_TEMPERATURES, Heads, resolve_temperatures  # noqa: F401
 
 
 def attention(s: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -57,7 +57,7 @@ def prepare_model(name: str, img_size: Optional[int] = None, checkpoint=None,
     import torch
 
     from .models import load_model, weights_of
-    from .scoring import data_transform
+    from .folder import data_transform
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
@@ -429,7 +429,7 @@ def _start(models, datasets, img_sizes, source: ModelSource, loading: LoadOption
            executor: Optional[Executor]) -> BenchRun:
     """Check every option and dataset (no model loaded yet) → a run ready to execute."""
     from .bench import expand_models
-    from .config import default_cache_dir
+    from .paths import default_cache_dir
     from .parsing import parse_img_sizes
     from .runtime import Runtime
 

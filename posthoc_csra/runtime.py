@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .errors import InputError
-from .spec import AMP_CHOICES
+from .choices import AMP_CHOICES
 
 AMP_DTYPES = dict(zip(AMP_CHOICES, (None, torch.bfloat16, torch.float16)))
 

@@ -14,7 +14,7 @@ from .baselines import BASELINES, METHODS
 from .errors import InputError
 from .heads import UnsupportedModelError
 from .spaces import SPACES, LinearClassifier, ScoreSpace, get_space
-from .spec import STAT_TEMPERATURES, check_lam
+from .choices import STAT_TEMPERATURES, check_lam
 
 log = logging.getLogger("posthoc_csra")
 
@@ -37,7 +37,7 @@ class CSRAScorer(nn.Module):
         model: a timm classifier (put in eval mode).
         lam: the residual-attention weight λ ≥ 0; 0 returns the model's own logits (``space="logit"``)
             or their softmax (``space="prob"``). In logit space a λ means what it means in the paper.
-        heads: a paper head count (1, 2, 4, 6, 8 → temperatures ``spec.HEAD_SETS``) or explicit
+        heads: a paper head count (1, 2, 4, 6, 8 → temperatures ``choices.HEAD_SETS``) or explicit
             temperatures, e.g. ``(1, math.inf)``.
         space: a registered score space (``spaces.SPACES``): ``"logit"`` (the paper) or ``"prob"``
             (softmax probabilities per location; better for softmax-trained ImageNet models).
@@ -187,7 +187,7 @@ class CSRAScorer(nn.Module):
         """Everything any λ, head set, space and method needs, from one backbone pass (fp32, on CPU).
 
         ``logits`` (B, C); per space ``{space}_base`` (B, C), ``{space}_mean`` (B, C) the mean of the
-        location scores ``s``, ``{space}_att`` (B, 8, C) the attention terms for ``spec.STAT_TEMPERATURES``
+        location scores ``s``, ``{space}_att`` (B, 8, C) the attention terms for ``choices.STAT_TEMPERATURES``
         in the base's units (score = base + (λ/H)·Σ_T att_T), and per baseline ``{space}@{method}`` (B, C)
         (NaN where the baseline does not apply; ``baseline_notes()`` says why).
         """

@@ -119,7 +119,7 @@ class ProbSpace(ScoreSpace):
         return z.softmax(dim=1)
 
 
-#: The registry: every space by name (the only list; ``spec.SPACES`` is its keys).
+#: The registry: every space by name (the only list; ``choices.SPACES`` is its keys).
 SPACES: Dict[str, ScoreSpace] = {space.name: space for space in (LogitSpace(), ProbSpace())}
 SPACE_NAMES: Tuple[str, ...] = tuple(SPACES)
 

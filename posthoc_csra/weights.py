@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
-from .config import shared_dir
+from .paths import shared_dir
 from .errors import InputError, MissingInputError
 
 if TYPE_CHECKING:  # keep torch out of import time

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from posthoc_csra.config import SHARED_ENV, shared_dir
+from posthoc_csra.paths import SHARED_ENV, shared_dir
 
 
 @pytest.fixture(scope="session")

@@ -180,7 +180,7 @@ def test_full_frame_preprocessing_keeps_the_whole_image():
     import timm
     from PIL import Image
 
-    from posthoc_csra.scoring import data_transform
+    from posthoc_csra.folder import data_transform
 
     model = timm.create_model("resnet18", pretrained=False)
     image = Image.new("RGB", (400, 200), (0, 0, 255))

@@ -17,7 +17,7 @@ from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
 from posthoc_csra.errors import InputError, MissingInputError
 from posthoc_csra.models import load_model
 from posthoc_csra.scorer import CSRAScorer
-from posthoc_csra.spec import HEAD_SETS
+from posthoc_csra.choices import HEAD_SETS
 
 IMG = 64
 MODEL = "test_efficientnet"

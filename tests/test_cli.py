@@ -121,7 +121,7 @@ def test_shared_options_are_the_same_declaration_in_every_command():
 def test_user_error_in_a_command_is_one_line(monkeypatch, tmp_path):
     def bad_input(*args, **kwargs):
         raise InputError("the folder holds no photos of cats; pass one that does")
-    monkeypatch.setattr("posthoc_csra.scoring.score_folder", bad_input)
+    monkeypatch.setattr("posthoc_csra.folder.score_folder", bad_input)
     result = CliRunner().invoke(main, ["score", str(tmp_path)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.output == "Error: the folder holds no photos of cats; pass one that does\n"
@@ -131,13 +131,13 @@ def test_user_error_in_a_command_is_one_line(monkeypatch, tmp_path):
 def test_other_exceptions_keep_their_traceback(monkeypatch, tmp_path, bug):
     def broken(*args, **kwargs):
         raise bug
-    monkeypatch.setattr("posthoc_csra.scoring.score_folder", broken)
+    monkeypatch.setattr("posthoc_csra.folder.score_folder", broken)
     result = CliRunner().invoke(main, ["score", str(tmp_path)])
     assert result.exception is bug  # not turned into a one-line message: the runner saw the raw exception
 
 
 def test_a_bug_prints_a_traceback_in_a_real_process(tmp_path):
-    code = ("import sys, posthoc_csra.scoring as s\n"
+    code = ("import sys, posthoc_csra.folder as s\n"
             "def broken(*a, **k): raise RuntimeError('internal bug')\n"
             "s.score_folder = broken\n"
             "from posthoc_csra.cli import main\n"

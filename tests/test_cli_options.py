@@ -61,7 +61,7 @@ def test_temperatures_round_trip_and_checks():
 
 def test_library_uses_the_same_checks(tmp_path):
     from posthoc_csra.explain import explain_image
-    from posthoc_csra.scoring import score_folder
+    from posthoc_csra.folder import score_folder
 
     for kwargs, word in [(dict(lam=-1), "λ"), (dict(topk=0), "topk"), (dict(img_size=0), "img_size"),
                          (dict(batch_size=0), "batch_size"), (dict(workers=-1), "workers")]:
@@ -148,7 +148,7 @@ def test_errors_are_posthoc_csra_errors():
     from posthoc_csra.heads import UnsupportedModelError
     from posthoc_csra.images import ImageLoadError
     from posthoc_csra.models import WeightsUnavailableError
-    from posthoc_csra.scoring import NothingScoredError
+    from posthoc_csra.folder import NothingScoredError
 
     for error in (UnsupportedModelError, ImageLoadError, WeightsUnavailableError, NothingScoredError):
         assert issubclass(error, PosthocCsraError), error

@@ -101,7 +101,7 @@ def test_parrot_is_a_macaw_and_lambda_changes_the_pets_ranking(photos, lite0_wei
 
     from posthoc_csra import CSRAScorer, class_names, load_model
     from posthoc_csra.images import load_rgb
-    from posthoc_csra.scoring import data_transform
+    from posthoc_csra.folder import data_transform
 
     model = load_model("tf_efficientnet_lite0", checkpoint=lite0_weights)
     transform, _ = data_transform(model)
@@ -133,7 +133,7 @@ def two_images(tmp_path_factory):
 
 @pytest.mark.parametrize("ext", ["csv", "json", "parquet"])
 def test_every_output_records_its_settings(two_images, tmp_path, ext):
-    from posthoc_csra.scoring import SETTINGS_COLUMNS
+    from posthoc_csra.folder import SETTINGS_COLUMNS
     from posthoc_csra.tables import read_metadata
 
     out = tmp_path / f"s.{ext}"

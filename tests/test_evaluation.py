@@ -15,8 +15,8 @@ from posthoc_csra.evaluation import COLUMN_HELP, COLUMNS, TOPK, evaluate_stats
 from posthoc_csra.metrics import average_precision, best_f1_threshold, f1_scores, topk_f1_scores
 from posthoc_csra.models import load_model
 from posthoc_csra.scorer import CSRAScorer
-from posthoc_csra.scoring import data_transform
-from posthoc_csra.spec import STAT_TEMPERATURES
+from posthoc_csra.folder import data_transform
+from posthoc_csra.choices import STAT_TEMPERATURES
 
 TOP_C, TOP_O = f"CF1@top{TOPK}", f"OF1@top{TOPK}"
 

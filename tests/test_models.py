@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from posthoc_csra import WeightsUnavailableError, class_names, load_model
 from posthoc_csra import weights as weights_mod
-from posthoc_csra.config import SHARED_ENV
+from posthoc_csra.paths import SHARED_ENV
 from posthoc_csra.errors import InputError, MissingInputError, PosthocCsraError
 from posthoc_csra.models import (WEIGHTS_CFG_KEY, CheckpointWeights, EntryWeights, HubWeights, RandomWeights,
                                  check_model_name, resolve_weights, weights_of)

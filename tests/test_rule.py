@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from posthoc_csra import rule
-from posthoc_csra import spec as rule_spec
+from posthoc_csra import choices
 from posthoc_csra.errors import InputError
 from posthoc_csra.spaces import SPACES, LinearClassifier, get_space
 
@@ -80,7 +80,7 @@ def test_spaces():
     assert get_space("logit").member_pool("sum") == "max" and get_space("prob").member_pool("sum") == "sum"
     with pytest.raises(InputError, match="space"):
         get_space("sigmoid")
-    assert tuple(SPACES) == rule_spec.SPACES
+    assert tuple(SPACES) == choices.SPACES
 
 
 def test_prob_space_rule_is_softmax_base_plus_max_location_probability():

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posthoc_csra import weights as weights_mod
-from posthoc_csra.config import SHARED_ENV
+from posthoc_csra.paths import SHARED_ENV
 from posthoc_csra.errors import InputError, MissingInputError
 from posthoc_csra.weights import (
     LOADER_FILE, LOADER_LITE_PACKAGE, WeightsEntry, WeightsHashError, convert_lite_state_dict, file_sha256,

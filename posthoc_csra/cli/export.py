@@ -57,7 +57,7 @@ def command(card, model, weights, rule, img_size, output, check_images, onnx):
         result = export.export_card(card, output, images=check_images, onnx=onnx, **weights)
     else:
         from ..cards import Rule
-        from ..spec import resolve_temperatures
+        from ..choices import resolve_temperatures
 
         chosen = Rule("csra", rule["space"], resolve_temperatures(rule["heads"]), rule["lam"])
         result = export.export_model(output, chosen, model, img_size=img_size, images=check_images, onnx=onnx,

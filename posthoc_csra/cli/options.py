@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from ..errors import InputError, PosthocCsraError
 from ..parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers,
                        parse_temperatures)
-from ..spec import AMP_CHOICES, DEFAULT_MODEL, HEAD_SETS, SPACES
+from ..choices import AMP_CHOICES, DEFAULT_MODEL, HEAD_SETS, SPACES
 
 
 class OptionError(click.ClickException):

@@ -52,7 +52,7 @@ def command(image_dir, card, model, weights, rule, img_size, device, loader, top
       posthoc-csra score photos/ -m resnet50 --checkpoint resnet50.safetensors --all-scores -o s.csv
       posthoc-csra score photos/ --card cards/tf_efficientnet_lite0__voc2007@trainval.json -o s.csv
     """
-    from ..scoring import score_folder
+    from ..folder import score_folder
 
     refuse_with_card(card)
     result = score_folder(image_dir, model=model, **weights, **rule, img_size=img_size, **device, **loader,

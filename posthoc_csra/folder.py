@@ -11,7 +11,7 @@ import numpy as np
 from .errors import PosthocCsraError
 from .parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers, format_temperatures,
                       parse_temperatures)
-from .spec import DEFAULT_MODEL, check_space, resolve_temperatures
+from .choices import DEFAULT_MODEL, check_space, resolve_temperatures
 from .tables import check_table_path, write_table
 
 #: The constant leading columns of a score table: the settings that produced it.
