@@ -454,6 +454,7 @@ def section_b(args, runtime: Runtime, log) -> dict:
     import logging
 
     from posthoc_csra.folder import score_folder
+    from posthoc_csra.options import LoadOptions, RuleOptions
 
     logging.getLogger("posthoc_csra").setLevel(logging.WARNING)
     device = runtime.torch_device
@@ -463,10 +464,9 @@ def section_b(args, runtime: Runtime, log) -> dict:
         output = tmp / "scores.csv"
 
         def pipeline(image_dir=image_dir):
-            result = score_folder(image_dir, model=PIPELINE_MODEL, lam=LAM, heads=1, space="logit",
-                                  img_size=args.img_size, batch_size=args.batch_size, workers=args.workers,
-                                  device=args.device, amp=args.amp, channels_last=args.channels_last,
-                                  compile=args.compile, output=output, progress=False)
+            result = score_folder(image_dir, PIPELINE_MODEL, RuleOptions(lam=LAM, heads=1, space="logit"),
+                                  loading=LoadOptions(batch_size=args.batch_size, workers=args.workers, progress=False),
+                                  runtime=runtime, img_size=args.img_size, output=output)
             counts["score_folder"] = result.n_scored
 
         counts: Dict[str, int] = {}

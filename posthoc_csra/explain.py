@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
-from .parsing import check_img_size, check_lam, check_topk
+from .parsing import check_img_size, check_topk
 from .spaces import get_space
 from .choices import DEFAULT_MODEL
 
@@ -151,32 +151,33 @@ def default_figure_path(image: Union[str, Path]) -> Path:
     return Path(f"{Path(image).stem}_csra.png")
 
 
-def explain_image(path, model: str = DEFAULT_MODEL, checkpoint=None, pretrained: Optional[bool] = None,
-                  classes: Optional[Sequence[str]] = None, topk: int = 3, lam: float = 0.1, heads=1,
-                  space: str = "logit", img_size: Optional[int] = None, device: str = "cpu", amp: str = "none",
-                  channels_last: bool = False) -> Explanation:
+def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, *, source: "ModelSource" = None,
+                  runtime=None, img_size: Optional[int] = None, classes: Optional[Sequence[str]] = None,
+                  topk: int = 3) -> Explanation:
     """Score one image with the CSRA rule and return per-class score maps (one backbone pass; draws nothing,
     see ``render``).
 
     Args:
+        rule: ``options.RuleOptions`` (λ, heads, space); attention weights softmax(T·s) are kept for every
+            finite temperature T of its heads. source: which weights (``options.ModelSource``).
+        runtime: ``runtime.Runtime`` (device, AMP, channels_last; default CPU).
         classes: class names to show (any synonym of the label, case-insensitive); default the
             ``topk`` classes by CSRA score. Shown classes are ordered by CSRA score.
-        heads: a paper head count or explicit temperatures; attention weights softmax(T·s) are kept
-            for every finite T.
     """
     import torch
 
     from .images import load_rgb
+    from .folder import data_transform
     from .models import class_names, load_model
+    from .options import ModelSource, RuleOptions
     from .runtime import Runtime
     from .scorer import CSRAScorer
-    from .folder import data_transform
 
-    lam, topk, img_size = check_lam(lam), check_topk(topk), check_img_size(img_size)
-    get_space(space)
-    runtime = Runtime(device=device, amp=amp, channels_last=channels_last)
+    rule, source, runtime = rule or RuleOptions(), source or ModelSource(), runtime or Runtime()
+    topk, img_size = check_topk(topk), check_img_size(img_size)
+    lam, heads, space = rule.lam, rule.heads, rule.space
     image = load_rgb(path)
-    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
+    net = load_model(model, checkpoint=source.checkpoint, pretrained=source.pretrained,
                      **({"img_size": img_size} if img_size else {}))
     names = class_names(net)
     chosen = match_classes(classes, names) if classes else None

@@ -9,9 +9,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import PosthocCsraError
-from .parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers, format_temperatures,
-                      parse_temperatures)
-from .choices import DEFAULT_MODEL, check_space, resolve_temperatures
+from .choices import DEFAULT_MODEL
+from .parsing import check_img_size, check_topk, format_temperatures, parse_temperatures
 from .tables import check_table_path, write_table
 
 #: The constant leading columns of a score table: the settings that produced it.
@@ -65,16 +64,18 @@ def data_transform(model, img_size: Optional[int] = None, full_frame: bool = Fal
     return create_transform(**config, is_training=False), config
 
 
-def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkpoint=None,
-                 pretrained: Optional[bool] = None, lam: float = 0.1, heads=1, space: str = "logit",
-                 topk: int = 5, img_size: Optional[int] = None, batch_size: int = 32, workers: int = 2,
-                 device: str = "cpu", amp: str = "none", channels_last: bool = False, compile: bool = False,
-                 all_scores: bool = False, output: Union[str, Path, None] = None, strict: bool = False,
-                 progress: bool = True, card: Union[str, Path, None] = None) -> ScoreResult:
+def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, *,
+                 source: "ModelSource" = None, loading: "LoadOptions" = None, runtime=None,
+                 img_size: Optional[int] = None, topk: int = 5, all_scores: bool = False,
+                 output: Union[str, Path, None] = None, strict: bool = False,
+                 card: Union[str, Path, None] = None) -> ScoreResult:
     """Score every image under ``image_dir``; one row per file, bad files get an ``error``.
 
+    rule: ``options.RuleOptions`` (λ, heads, space; default the project's defaults); source: which
+    weights (``options.ModelSource``); loading: ``options.LoadOptions`` (batch_size, workers, progress);
+    runtime: ``runtime.Runtime`` (device, AMP, channels_last, compile; default CPU).
     ``card``: a scorer card (``bench --save-cards``); it sets the model, img_size, preprocessing and
-    rule (``model``, ``lam``, ``heads``, ``space`` and ``img_size`` are not used), refuses weights other
+    rule (``model``, ``rule`` and ``img_size`` are not used), refuses weights other
     than its own, and the table records it (columns ``method``, ``card``, ``card_sha256``).
 
     The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, space, λ, temperatures),
@@ -93,18 +94,21 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
     from .runtime import Runtime
     from .scorer import CSRAScorer
 
+    from .options import LoadOptions, ModelSource, RuleOptions
+
+    rule, source, loading = rule or RuleOptions(), source or ModelSource(), loading or LoadOptions()
+    runtime = runtime or Runtime()
     output = check_table_path(output)
-    lam, topk, img_size = check_lam(lam), check_topk(topk), check_img_size(img_size)
-    batch_size, workers = check_batch_size(batch_size), check_workers(workers)
-    temperatures, space = resolve_temperatures(heads), check_space(space)
-    runtime = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile)
+    topk, img_size = check_topk(topk), check_img_size(img_size)
+    lam, space = rule.lam, rule.space
+    checkpoint, pretrained = source.checkpoint, source.pretrained
     if card is None:
         check_model_name(model)
         paths = find_images(image_dir)
         net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
                          **({"img_size": img_size} if img_size else {}))
         transform, config = data_transform(net, img_size)
-        scorer = CSRAScorer(net, lam=lam, heads=temperatures, space=space, input_size=config["input_size"])
+        scorer = CSRAScorer(net, lam=lam, heads=rule.temperatures, space=space, input_size=config["input_size"])
     else:
         from .cards import load_card_scorer, read_card
 
@@ -127,11 +131,11 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, checkp
         settings.update(method=scorer.method, **card_record(card))
 
     files = ImageFiles(paths, image_dir, transform)
-    loader = torch.utils.data.DataLoader(files, batch_size=batch_size, num_workers=workers,
+    loader = torch.utils.data.DataLoader(files, batch_size=loading.batch_size, num_workers=loading.workers,
                                          collate_fn=collate_images, pin_memory=runtime.torch_device.type == "cuda")
     scores = np.full((len(paths), scorer.num_classes), np.nan, dtype=np.float32)
     errors: List[Optional[str]] = [None] * len(paths)
-    with torch.inference_mode(), tqdm(total=len(paths), unit="img", disable=not progress,
+    with torch.inference_mode(), tqdm(total=len(paths), unit="img", disable=not loading.progress,
                                       desc=f"scoring {Path(image_dir).name}", file=sys.stderr) as bar:
         for images, good, failures in loader:
             for index, error in failures:

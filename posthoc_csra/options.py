@@ -1,6 +1,7 @@
 """The benchmark's option groups: small frozen values the CLI builds once and that cross a process
 boundary (a Ray task, a pool worker) as one pickled value each. Torch-free.
 
+* ``RuleOptions``: the CSRA rule one scorer applies (λ, heads, space) — ``score``, ``explain``.
 * ``EvalOptions``: what is evaluated from the cached statistics (λ list, head sets, spaces, split).
 * ``LoadOptions``: how images reach the backbone (batch, DataLoader workers, cache chunk, mosaics).
 * ``ModelSource``: which weights a model name is loaded with (a checkpoint / manifest, random).
@@ -16,13 +17,33 @@ from typing import Optional, Tuple
 
 from .errors import InputError
 from .parsing import check_batch_size, check_workers, parse_heads, parse_lams, parse_spaces
-from .choices import SPACES
+from .choices import DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_SPACE, SPACES, Heads, check_lam, check_space, \
+    resolve_temperatures
 
 
 def _int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """The rule one scorer applies: λ ≥ 0 (0: the model itself), heads (a paper head count 1, 2, 4, 6, 8 or
+    explicit temperatures, ``math.inf`` for max) and the score space ("logit" the paper, "prob")."""
+
+    lam: float = DEFAULT_LAM
+    heads: Heads = DEFAULT_HEADS
+    space: str = DEFAULT_SPACE
+
+    def __post_init__(self):
+        object.__setattr__(self, "lam", check_lam(self.lam))
+        resolve_temperatures(self.heads)
+        object.__setattr__(self, "space", check_space(self.space))
+
+    @property
+    def temperatures(self) -> Tuple[float, ...]:
+        return resolve_temperatures(self.heads)
 
 
 @dataclass(frozen=True)
@@ -112,4 +133,4 @@ class ModelSource:
             raise InputError("pass either a checkpoint or pretrained=False (random weights), not both")
 
 
-__all__ = ["EvalOptions", "LoadOptions", "ModelSource"]
+__all__ = ["RuleOptions", "EvalOptions", "LoadOptions", "ModelSource"]

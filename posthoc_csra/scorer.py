@@ -11,10 +11,10 @@ from torch import nn
 from . import heads as _heads
 from . import rule
 from .baselines import BASELINES, METHODS
+from .choices import DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_SPACE, STAT_TEMPERATURES, check_lam
 from .errors import InputError
 from .heads import UnsupportedModelError
 from .spaces import SPACES, LinearClassifier, ScoreSpace, get_space
-from .choices import STAT_TEMPERATURES, check_lam
 
 log = logging.getLogger("posthoc_csra")
 
@@ -50,8 +50,8 @@ class CSRAScorer(nn.Module):
     ``normalized`` (the classifier is linear, so logit-space scores use L2-normalised weights).
     """
 
-    def __init__(self, model: nn.Module, lam: float = 0.1, heads: rule.Heads = 1, space: str = "logit",
-                 input_size: Optional[Sequence[int]] = None, method: str = "csra"):
+    def __init__(self, model: nn.Module, lam: float = DEFAULT_LAM, heads: rule.Heads = DEFAULT_HEADS,
+                 space: str = DEFAULT_SPACE, input_size: Optional[Sequence[int]] = None, method: str = "csra"):
         super().__init__()
         if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
             raise UnsupportedModelError(

@@ -63,13 +63,17 @@ def test_library_uses_the_same_checks(tmp_path):
     from posthoc_csra.explain import explain_image
     from posthoc_csra.folder import score_folder
 
-    for kwargs, word in [(dict(lam=-1), "λ"), (dict(topk=0), "topk"), (dict(img_size=0), "img_size"),
-                         (dict(batch_size=0), "batch_size"), (dict(workers=-1), "workers")]:
+    from posthoc_csra.options import LoadOptions, RuleOptions
+
+    for make, word in [(lambda: RuleOptions(lam=-1), "λ"), (lambda: RuleOptions(lam=math.nan), "λ"),
+                       (lambda: RuleOptions(heads=3), "head"), (lambda: RuleOptions(space="sigmoid"), "space"),
+                       (lambda: LoadOptions(batch_size=0), "batch_size"), (lambda: LoadOptions(workers=-1), "workers"),
+                       (lambda: score_folder(tmp_path, topk=0), "topk"), (lambda: score_folder(tmp_path, img_size=0),
+                                                                         "img_size"),
+                       (lambda: explain_image(tmp_path / "x.png", topk=0), "topk"),
+                       (lambda: explain_image(tmp_path / "x.png", img_size=-5), "img_size")]:
         with pytest.raises(InputError, match=word):
-            score_folder(tmp_path, **kwargs)
-    for kwargs, word in [(dict(lam=math.nan), "λ"), (dict(topk=0), "topk"), (dict(img_size=-5), "img_size")]:
-        with pytest.raises(InputError, match=word):
-            explain_image(tmp_path / "x.png", **kwargs)
+            make()
 
 
 # ---- on the command line -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from timm.data import create_transform
 
 from posthoc_csra.cli import main
 from posthoc_csra.explain import check_figure_path, crop_box, explain_image, match_classes, render
+from posthoc_csra.options import ModelSource, RuleOptions
 
 IMAGENET_LIKE = ["tench, Tinca tinca", "Italian greyhound", "Boston bull, Boston terrier",
                  "crane", "crane", "Irish wolfhound"]
@@ -65,8 +66,8 @@ def test_unknown_class_name_suggests_close_matches():
 
 @pytest.fixture(scope="module")
 def pets(photos, lite0_weights):
-    return explain_image(photos / "pets.jpg", model="tf_efficientnet_lite0", checkpoint=lite0_weights,
-                         topk=5, space="prob")
+    return explain_image(photos / "pets.jpg", "tf_efficientnet_lite0", RuleOptions(space="prob"),
+                         source=ModelSource(checkpoint=lite0_weights), topk=5)
 
 
 def test_pets_both_breeds_in_top5_ranked_by_csra(pets):
@@ -104,7 +105,8 @@ def test_explain_image_computes_render_draws(pets, tmp_path):
 # ---- ViT: the grid comes from the model ------------------------------------------------
 
 def test_vit_maps_use_the_models_token_grid(photos, tmp_path):
-    result = explain_image(photos / "pets.jpg", model="test_vit", pretrained=False, img_size=96, heads=2, topk=1)
+    result = explain_image(photos / "pets.jpg", "test_vit", RuleOptions(heads=2), source=ModelSource(pretrained=False),
+                           img_size=96, topk=1)
     render(result, tmp_path / "vit.png")
     expected = tuple(timm.create_model("test_vit", pretrained=False, img_size=96).patch_embed.grid_size)
     assert expected == (6, 6)  # not the model's default 160 / 16 = 10

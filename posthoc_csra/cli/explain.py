@@ -55,8 +55,11 @@ def command(image, model, weights, rule, img_size, device, class_names, topk, ou
     from ..explain import default_figure_path, explain_image, render
 
     output = output or default_figure_path(image)
-    result = explain_image(image, model=model, **weights, classes=list(class_names) or None, topk=topk, **rule,
-                           img_size=img_size, **device)
+    from ..options import ModelSource, RuleOptions
+    from ..runtime import Runtime
+
+    result = explain_image(image, model, RuleOptions(**rule), source=ModelSource(**weights), runtime=Runtime(**device),
+                           img_size=img_size, classes=list(class_names) or None, topk=topk)
     written = render(result, output)
     click.echo(score_table(result))
     left, top, right, bottom = result.crop_box

@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from ..errors import InputError, PosthocCsraError
 from ..parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers,
                        parse_temperatures)
-from ..choices import AMP_CHOICES, DEFAULT_MODEL, HEAD_SETS, SPACES
+from ..choices import AMP_CHOICES, DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_MODEL, DEFAULT_SPACE, HEAD_SETS, SPACES
 
 
 class OptionError(click.ClickException):
@@ -123,14 +123,14 @@ def _rule(lam, heads, temperatures, space) -> dict:
 
 #: → ``rule``: dict(lam, heads, space) for the scorer (heads: a head count or explicit temperatures).
 rule_options = OptionGroup("rule", (
-    click.option("--lam", type=float, default=0.1, show_default=True, callback=checked(check_lam),
+    click.option("--lam", type=float, default=DEFAULT_LAM, show_default=True, callback=checked(check_lam),
                  help="λ ≥ 0, the weight of the attention term; 0 reproduces the model."),
-    click.option("--heads", type=click.Choice([str(h) for h in HEAD_SETS]), default="1", show_default=True,
+    click.option("--heads", type=click.Choice([str(h) for h in HEAD_SETS]), default=str(DEFAULT_HEADS), show_default=True,
                  help="Paper head set: " + "; ".join(f"{h}: T={{{','.join(_format_t(t) for t in ts)}}}"
                                                      for h, ts in HEAD_SETS.items()) + "."),
     click.option("--temperatures", callback=checked(parse_temperatures), metavar="T,T,..",
                  help="Explicit temperatures instead of --heads, e.g. 1 or 1,inf."),
-    click.option("--space", type=click.Choice(SPACES), default="logit", show_default=True,
+    click.option("--space", type=click.Choice(SPACES), default=DEFAULT_SPACE, show_default=True,
                  help="Rank logits (the paper; sigmoid-trained models) or softmax probabilities "
                       "(usually better for softmax-trained ImageNet models)."),
 ), _rule)

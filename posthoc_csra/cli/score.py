@@ -1,4 +1,4 @@
-"""``posthoc-csra score IMAGE_DIR``: the command line of ``scoring.score_folder``."""
+"""``posthoc-csra score IMAGE_DIR``: the command line of ``folder.score_folder``."""
 from __future__ import annotations
 
 import click
@@ -55,9 +55,14 @@ def command(image_dir, card, model, weights, rule, img_size, device, loader, top
     from ..folder import score_folder
 
     refuse_with_card(card)
-    result = score_folder(image_dir, model=model, **weights, **rule, img_size=img_size, **device, **loader,
-                          topk=topk, all_scores=all_scores, output=output, strict=False, progress=not no_progress,
-                          card=card)
+    from ..options import LoadOptions, ModelSource, RuleOptions
+    from ..runtime import Runtime
+
+    compile_backbone = loader.pop("compile")
+    result = score_folder(image_dir, model, RuleOptions(**rule), source=ModelSource(**weights),
+                          loading=LoadOptions(**loader, progress=not no_progress),
+                          runtime=Runtime(**device, compile=compile_backbone), img_size=img_size, topk=topk,
+                          all_scores=all_scores, output=output, strict=False, card=card)
     if output is None:
         click.echo(terminal_view(result.table))
     settings = result.settings
