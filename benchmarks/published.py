@@ -42,9 +42,10 @@ def headline(table):
     rows = []
     for key, group in ok.groupby(keys, sort=False):
         by = group.set_index("method")
-        model, csra = by.loc["model"], by.loc["csra"]
-        row = dict(zip(keys, key), n_test=int(model["n_images"]), model=model["mAP"], CSRA=csra["mAP"],
-                   Δ=csra["mAP"] - model["mAP"], **{"λ (val)": csra["lam"], "heads (val)": csra["heads"]})
+        itself, csra = by.loc["model"], by.loc["csra"]
+        row = dict(zip(keys, key), n_test=int(itself["n_images"]), **{
+            "the model": itself["mAP"], "CSRA": csra["mAP"], "Δ": csra["mAP"] - itself["mAP"],
+            "λ (val)": csra["lam"], "heads (val)": csra["heads"]})
         for method in BASELINE_METHODS:
             row[method] = by.loc[method, "mAP"] if method in by.index else math.nan
         best_baseline = max((row[m] for m in BASELINE_METHODS if not math.isnan(row[m])), default=math.nan)
@@ -53,6 +54,23 @@ def headline(table):
     out = pd.DataFrame(rows)
     out["dataset"] = out["dataset"].map(_kind)
     return out
+
+
+def summary(head) -> str:
+    """Plain-words bullets computed from the headline table: CSRA's gain over the model, and how it compares
+    with the best pooling baseline (win / tie within ±0.25 / lose), per dataset, size and space."""
+    lines = []
+    for (dataset, size_kind), group in head.assign(
+            size_kind=lambda d: d["img_size"].map(lambda v: "448 px" if v == 448 else "own size")).groupby(
+            ["dataset", "size_kind"], sort=False):
+        for space, g in group.groupby("space", sort=False):
+            margin = g["CSRA − best pool"].dropna()
+            wins, ties = int((margin > 0.25).sum()), int((margin.abs() <= 0.25).sum())
+            lines.append(f"* {dataset}, {size_kind}, {space} space: CSRA {g['Δ'].min():+.2f} to {g['Δ'].max():+.2f} "
+                         f"mAP over the model (λ chosen on val: {', '.join(f'{v:g}' for v in sorted(set(g['λ (val)'])))}); "
+                         f"against the best pooling baseline it wins {wins}, ties {ties} (±0.25) and loses "
+                         f"{len(margin) - wins - ties} of {len(margin)} models ({margin.min():+.2f} to {margin.max():+.2f}).")
+    return "\n".join(lines) + "\n"
 
 
 def lambda_plot(table, path: Path, img_size: int = 448) -> None:
@@ -133,7 +151,7 @@ def main(argv=None) -> int:
     lambda_plot(table, RESULTS / PLOT)
     errors = table[table["error"].notna()]
     head = headline(table)
-    formats = {c: ".2f" for c in ("model", "CSRA", *BASELINE_METHODS)}
+    formats = {c: ".2f" for c in ("the model", "CSRA", *BASELINE_METHODS)}
     formats.update({"Δ": "+.2f", "CSRA − best pool": "+.2f"})
     body = (f"Produced by `python benchmarks/published.py` (statistics cache: re-runs make no backbone pass); "
             f"all rows in `benchmarks/results/published.csv`.\n\n"
@@ -143,11 +161,11 @@ def main(argv=None) -> int:
             f"the WordNet map covers — `person` has no ImageNet class), evaluated the paper's way: the whole "
             f"image resized to img_size, no centre crop; **natural**, the ImageNet-val images with ReaL labels "
             f"(timm's centre crop); **mosaic 2×2**, {args.mosaics} mosaics of them composed at img_size. "
-            f"`model`: the model itself (λ = 0); `CSRA`: λ from `{LAMS}` and heads from {{{HEADS}}}; "
+            f"`the model`: the model itself (λ = 0); `CSRA`: λ from `{LAMS}` and heads from {{{HEADS}}}; "
             f"`max-pool`, `avgmax-pool`, `test-time-pool`: timm's training-free pooling from the same backbone "
             f"pass (test-time pooling is the model itself at the native size); `CSRA − best pool`: CSRA minus "
             f"the best of the three. `space` says whether logits or softmax probabilities are ranked.\n\n"
-            + to_markdown(head, formats=formats)
+            + summary(head) + "\n" + to_markdown(head, formats=formats)
             + f"\n![mAP against λ on VOC2007 at 448 px](benchmarks/results/{PLOT})\n")
     if len(errors):
         body += "\nErrors:\n\n" + "\n".join(f"* {r.model} {r.dataset}: {r.error}" for r in errors.itertuples()) + "\n"

@@ -12,9 +12,9 @@ INF = math.inf
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 #: The rule's defaults (score, explain, export, CSRAScorer), read off the published VOC2007 table
 #: (``python benchmarks/published.py``; README "Defaults").
-DEFAULT_SPACE = "logit"
+DEFAULT_SPACE = "prob"
 DEFAULT_LAM = 0.1
-DEFAULT_HEADS = 1
+DEFAULT_HEADS = 4
 #: Score space names, from the one registry of spaces (``spaces.py``).
 SPACES: Tuple[str, ...] = SPACE_NAMES
 

@@ -11,7 +11,7 @@ from torch import nn
 from . import heads as _heads
 from . import rule
 from .baselines import BASELINES, METHODS
-from .choices import DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_SPACE, STAT_TEMPERATURES, check_lam
+from .choices import STAT_TEMPERATURES, check_lam
 from .errors import InputError
 from .heads import UnsupportedModelError
 from .spaces import SPACES, LinearClassifier, ScoreSpace, get_space
@@ -33,6 +33,10 @@ class LocationOutput:
 class CSRAScorer(nn.Module):
     """``score = base + (λ/H)·Σ_T att_T`` on top of a timm classifier, without retraining.
 
+    Its defaults are the paper's (logit space, λ = 0.1, one head at T = ∞, the paper's VOC setting); the
+    command line's defaults (``choices.DEFAULT_*``, ``options.RuleOptions()``) are the setting the published
+    VOC2007 table supports for softmax-trained ImageNet models.
+
     Args:
         model: a timm classifier (put in eval mode).
         lam: the residual-attention weight λ ≥ 0; 0 returns the model's own logits (``space="logit"``)
@@ -50,8 +54,8 @@ class CSRAScorer(nn.Module):
     ``normalized`` (the classifier is linear, so logit-space scores use L2-normalised weights).
     """
 
-    def __init__(self, model: nn.Module, lam: float = DEFAULT_LAM, heads: rule.Heads = DEFAULT_HEADS,
-                 space: str = DEFAULT_SPACE, input_size: Optional[Sequence[int]] = None, method: str = "csra"):
+    def __init__(self, model: nn.Module, lam: float = 0.1, heads: rule.Heads = 1, space: str = "logit",
+                 input_size: Optional[Sequence[int]] = None, method: str = "csra"):
         super().__init__()
         if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
             raise UnsupportedModelError(
