@@ -66,7 +66,7 @@ def test_unknown_class_name_suggests_close_matches():
 
 @pytest.fixture(scope="module")
 def pets(photos, lite0_weights):
-    return explain_image(photos / "pets.jpg", "tf_efficientnet_lite0", RuleOptions(space="prob"),
+    return explain_image(photos / "pets.jpg", "tf_efficientnet_lite0", RuleOptions(lam=0.1, heads=1, space="prob"),
                          source=ModelSource(checkpoint=lite0_weights), topk=5)
 
 
