@@ -110,11 +110,12 @@ def kill_cli_driver(args, spec: str, cache_dir: Path, models_file: Path, total_c
 
 
 def markdown(rows) -> str:
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(lines)
+    import pandas as pd
+
+    from posthoc_csra.tables import to_markdown
+
+    table = pd.DataFrame(rows)
+    return to_markdown(table, formats={c: ".2f" for c in table.columns if table[c].dtype.kind == "f"}).rstrip("\n")
 
 
 def main(argv=None) -> int:

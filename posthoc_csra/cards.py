@@ -193,12 +193,9 @@ def card_from_dict(data: dict, source: str = "card") -> ScorerCard:
 
 def write_card(card: ScorerCard, path: PathLike) -> Path:
     """Write one card as indented JSON (atomically); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card_to_dict(card), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from .tables import write_text
+
+    return write_text(path, json.dumps(card_to_dict(card), indent=1, allow_nan=False) + "\n")
 
 
 def write_cards(cards: Sequence[ScorerCard], directory: PathLike) -> List[Path]:
