@@ -42,7 +42,9 @@ class MaxPool(Baseline):
     name = "max-pool"
 
     def logits(self, scorer, out):
-        return scorer.head_on_locations(out.features, reduce="max")
+        if self.name not in out.derived:  # computed once per pass: avgmax-pool reuses it
+            out.derived[self.name] = scorer.head_on_locations(out.features, reduce="max")
+        return out.derived[self.name]
 
 
 class AvgMaxPool(Baseline):

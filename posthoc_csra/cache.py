@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import time
 import uuid
 import warnings
@@ -298,46 +297,6 @@ def _chunk_pass(scorer, dataset, transform, runtime, rows, batch_size, workers, 
     return {k: np.concatenate(v) for k, v in buffers.items()}
 
 
-def compute_chunks(cache: StatsCache, chunks: List[int], dataset, transform, make_scorer: Callable,
-                   runtime, batch_size: int = 32, workers: int = 2, progress: bool = True,
-                   desc: str = "statistics") -> int:
-    """Compute ``chunks`` in this process (``chunk_statistics``), writing each as it completes.
-
-    ``make_scorer()`` → a CSRAScorer on the runtime's device, built only here (so a full cache
-    hit runs no forward pass at all). Returns the number of images passed through the backbone.
-    Finished chunks stay when a later one fails. (``runner.run_bench`` runs chunks on an executor.)
-    """
-    from tqdm.auto import tqdm
-
-    if not chunks:
-        return 0
-    scorer = make_scorer()
-    info = scorer_info(scorer)
-    if scorer.num_classes != cache.n_classes:
-        raise ValueError(f"the model has {scorer.num_classes} classes, the cache expects {cache.n_classes}")
-    done = 0
-    with tqdm(total=len(chunks), unit="chunk", desc=desc, disable=not progress, file=sys.stderr) as bar:
-        for chunk in chunks:
-            arrays, batch_size = chunk_statistics(scorer, dataset, transform, runtime, cache.rows(chunk),
-                                                  batch_size, workers)
-            cache.write_chunk(chunk, arrays, info)
-            done += len(arrays["logits"])
-            bar.update(1)
-    return done
-
-
-def ensure_statistics(cache: StatsCache, dataset, transform, make_scorer: Callable, runtime,
-                      **compute_kwargs) -> Tuple[Dict[str, np.ndarray], dict, int]:
-    """(arrays, scorer info, images passed through the backbone): compute what is missing, then load."""
-    todo = cache.missing_chunks()
-    if todo:
-        log.info("posthoc-csra: statistics cache %s: computing %d of %d chunk(s)",
-                 cache.path, len(todo), cache.n_chunks)
-    computed = compute_chunks(cache, todo, dataset, transform, make_scorer, runtime, **compute_kwargs)
-    arrays, info = cache.load()
-    return arrays, info, computed
-
-
 def clean_temp_files(folder: Union[str, Path], older_than_s: float = 86400.0) -> int:
     """Remove temp files that killed runs left in a cache folder: those of a process of this host that
     is gone, and any older than a day (another host's writer cannot be asked). Returns how many."""
@@ -372,5 +331,5 @@ def _writer_gone(name: str) -> bool:
 
 
 __all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
-           "scorer_info", "is_out_of_memory", "chunk_statistics", "compute_chunks", "ensure_statistics",
+           "scorer_info", "is_out_of_memory", "chunk_statistics",
            "atomic_path", "clean_temp_files"]

@@ -13,7 +13,7 @@ import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .errors import InputError
 from .parsing import check_img_size, check_topk
 from .spaces import get_space
 from .choices import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # the option objects are imported where they are used
+    from .options import ModelSource, RuleOptions
 
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT, what timm uses when crop_pct is None

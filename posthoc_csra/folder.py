@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from .errors import PosthocCsraError
 from .choices import DEFAULT_MODEL
 from .parsing import check_img_size, check_topk, format_temperatures, parse_temperatures
 from .tables import check_table_path, write_table
+
+if TYPE_CHECKING:  # the option objects are imported where they are used
+    from .options import LoadOptions, ModelSource, RuleOptions
 
 #: The constant leading columns of a score table: the settings that produced it.
 SETTINGS_COLUMNS = ("model", "weights", "img_size", "space", "lam", "temperatures")

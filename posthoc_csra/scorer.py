@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -28,6 +28,8 @@ class LocationOutput:
     location_logits: torch.Tensor
     grid: Tuple[int, int]
     features: Optional[torch.Tensor] = None
+    #: results derived from this pass, computed once (e.g. max-pool logits, shared by max- and avgmax-pool)
+    derived: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class CSRAScorer(nn.Module):
@@ -70,6 +72,7 @@ class CSRAScorer(nn.Module):
         self.normalized = classifier is not None
         self.register_buffer("cls_bias", classifier.bias if classifier else None, persistent=False)
         self.register_buffer("cls_weight_norm", classifier.weight_norm if classifier else None, persistent=False)
+        self._baseline_notes = {name: baseline.unavailable(self) for name, baseline in BASELINES.items()}
         self.method = self._check_method(method)
 
     @classmethod
@@ -84,7 +87,7 @@ class CSRAScorer(nn.Module):
             return method
         if method not in BASELINES:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        reason = BASELINES[method].unavailable(self)
+        reason = self._baseline_notes[method]
         if reason is not None:
             raise UnsupportedModelError(f"method {method!r} does not apply to this model: {reason}")
         return method
@@ -132,7 +135,7 @@ class CSRAScorer(nn.Module):
 
     def baseline_notes(self) -> Dict[str, Optional[str]]:
         """Per baseline method: None when it applies to this model, else why not."""
-        return {name: baseline.unavailable(self) for name, baseline in BASELINES.items()}
+        return dict(self._baseline_notes)
 
     def describe(self) -> str:
         """One line for logs: how the locations were found and whether they are exact."""
@@ -199,7 +202,7 @@ class CSRAScorer(nn.Module):
         logits, z = out.logits.float(), out.location_logits.float()
         method_logits = {}
         for name, baseline in BASELINES.items():
-            applies = baseline.unavailable(self) is None
+            applies = self._baseline_notes[name] is None
             method_logits[name] = baseline.logits(self, out).float() if applies else torch.full_like(
                 logits, float("nan"))
         stats = {"logits": logits}
