@@ -209,7 +209,7 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
                 reason = (notes or {}).get(method)
                 if reason:  # say why instead of leaving a gap
                     add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, note=f"not applicable: {reason}",
-                             **common), [dict(split=name, n_images=len(np.arange(n)[sp.rows]), mAP=math.nan)
+                             **common), [dict(split=name, n_images=len(sp.targets), mAP=math.nan)
                                          for name, sp in splits.items()])
                 continue
             add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, **common),
