@@ -44,8 +44,15 @@ def check_model_name(name: str) -> str:
     raise InputError(f"unknown timm model {name!r}.{hint}")
 
 
-def _identity(head: str, **fields) -> str:
-    return f"{head} {json.dumps(fields, sort_keys=True, default=str)}"
+#: Build arguments that do not change the weights' values: the input size belongs to preprocessing (a CNN
+#: ignores it; a token model resamples its position embeddings deterministically from the same bytes).
+SIZE_KWARGS = ("img_size",)
+
+
+def _identity(head: str, kwargs: Dict[str, Any], **fields) -> str:
+    """The weights' identity: their source plus the build arguments that change them (never the input size)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in SIZE_KWARGS}
+    return f"{head} {json.dumps({**fields, 'kwargs': kwargs}, sort_keys=True, default=str)}"
 
 
 @dataclass(frozen=True)
