@@ -684,3 +684,85 @@ def test_mosaic_val_and_test_share_no_tile(small_csv_dataset):
     assert not val_tiles & test_tiles
     with pytest.raises(ValueError, match="halves"):
         dataset_split(mosaic, 0.3, 0)
+
+
+# ------------------------------------------------------------------ pinned fingerprints
+# The statistics cache is keyed by dataset fingerprints: restructuring this module must never change them.
+# These references restate the formulas of the existing kinds independently (their values were checked
+# equal to the code before the COCO-any-year, part: and package changes).
+def _sha(obj):
+    import hashlib
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=True).encode())
+
+
+def _labeled_reference(key, label_space, classes, ids, paths, targets, ignore):
+    h = _sha({"spec": key, "label_space": label_space, "classes": list(classes), "n": len(ids)})
+    for image_id, path in zip(ids, paths):
+        st = os.stat(path)
+        h.update(f"\n{image_id}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    h.update(np.asarray(targets, np.uint8).tobytes() + np.asarray(ignore, bool).tobytes())
+    return h.hexdigest()
+
+
+def _subset_reference(inner, n, seed):
+    idx = np.sort(np.random.default_rng(seed).choice(len(inner), size=n, replace=False))
+    h = _sha({"subset": n, "seed": seed, "inner": inner.fingerprint()})
+    h.update(idx.astype(np.int64).tobytes())
+    h.update("\n".join(inner.image_id(int(i)) for i in idx).encode())
+    return h.hexdigest()
+
+
+def _mosaic_reference(inner, k, size, seed, count):
+    val, test = split_indices(len(inner), 0.5, seed)
+    n_val = int(round(count * 0.5))
+    tiles = np.stack([np.random.default_rng([seed, i]).choice(val if i < n_val else test, size=k * k, replace=False)
+                      for i in range(count)]).astype(np.int64)
+    h = _sha({"mosaic": k, "seed": seed, "count": count, "size": size, "inner": inner.fingerprint()})
+    h.update(tiles.tobytes())
+    return h.hexdigest()
+
+
+def test_fingerprints_of_existing_kinds_are_pinned(voc, voc_both, coco, csv_dir):
+    state = {image: [_label_value(VOC_IMAGES[image], c) for c in VOC_CLASSES] for image in VOC_IMAGES}
+    for folder in (voc / "VOC2007", voc_both):
+        for split, ids in VOC_SPLITS.items():
+            s = np.array([state[i] for i in ids])
+            paths = [folder / "JPEGImages" / f"{i}.jpg" for i in ids]
+            expected = _labeled_reference(f"voc2007:{folder.resolve()}@{split}", "voc2007", VOC_CLASSES,
+                                          [f"JPEGImages/{i}.jpg" for i in ids], paths, s == 1, s == 0)
+            assert parse_dataset(f"voc2007:{folder}@{split}").fingerprint() == expected
+    assert parse_dataset(f"voc2007:{voc}").fingerprint() == parse_dataset(f"voc2007:{voc}@test").fingerprint()
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    expected = _labeled_reference(f"coco2014:{coco.resolve()}@val", "coco2014", ["person", "car", "dog"],
+                                  [f"val2014/{n}" for n in names], [coco / "val2014" / n for n in names],
+                                  [[0, 0, 1], [1, 1, 0], [0, 0, 0]], np.zeros((3, 3), bool))
+    assert parse_dataset(f"coco2014:{coco}").fingerprint() == expected
+    assert parse_dataset(f"coco2014:{coco}@val").fingerprint() == expected
+    labels = (csv_dir / "labels.csv").resolve()
+    ids = ["x.png", "sub/y.jpg", "z.png", "w.png"]
+    expected = _labeled_reference(f"csv:{labels}", "custom", ["bird", "cat", "dog"], ids,
+                                  [csv_dir / i for i in ids], [[0, 1, 1], [1, 0, 1], [0, 0, 0], [0, 1, 0]],
+                                  np.zeros((4, 3), bool))
+    assert parse_dataset(f"csv:{labels}").fingerprint() == expected
+    many = _many(csv_dir / "many", 24)
+    inner = parse_dataset(f"csv:{many}")
+    assert parse_dataset(f"subset:10:csv:{many}").fingerprint() == _subset_reference(inner, 10, 0)
+    assert parse_dataset(f"subset:10:3:csv:{many}").fingerprint() == _subset_reference(inner, 10, 3)
+    assert parse_dataset(f"mosaic:csv:{many}", size=32).fingerprint() == _mosaic_reference(inner, 2, 32, 0, 6)
+    assert (parse_dataset(f"mosaic3:csv:{many}", size=48, seed=5, count=2).fingerprint()
+            == _mosaic_reference(inner, 3, 48, 5, 2))
+    voc_test = parse_dataset(f"voc2007:{voc}")
+    assert parse_dataset(f"subset:2:1:voc2007:{voc}").fingerprint() == _subset_reference(voc_test, 2, 1)
+    real = _real()
+    numbers = [n for n in range(1, 50001) if real[n - 1]][:3]
+    for n in numbers:
+        _image(csv_dir / "inr" / f"ILSVRC2012_val_{n:08d}.JPEG", (n % 255, 9, 9))
+    targets = np.zeros((3, 1000), np.uint8)
+    for row, n in enumerate(numbers):
+        targets[row, real[n - 1]] = 1
+    from timm.data import ImageNetInfo
+    root = (csv_dir / "inr").resolve()
+    ids = [f"ILSVRC2012_val_{n:08d}.JPEG" for n in numbers]
+    expected = _labeled_reference(f"imagenet-real:{root}", "imagenet-1k", list(ImageNetInfo().label_descriptions()),
+                                  ids, [root / i for i in ids], targets, np.zeros((3, 1000), bool))
+    assert parse_dataset(f"imagenet-real:{root}").fingerprint() == expected
