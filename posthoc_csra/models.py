@@ -84,8 +84,19 @@ class WeightsChoice:
         model = self._build()
         record = {"kind": self.kind, "label": self.label, "identity": self.identity, "source": self.source}
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), WEIGHTS_CFG_KEY: record}
-        log.info("posthoc-csra: %s weights from %s", self.name, self.source)
+        _announce(self.name, self.source)
         return model.eval()
+
+
+_ANNOUNCED: set = set()
+
+
+def _announce(name: str, source: str) -> None:
+    """Log where a model's weights come from: once per process for each (model, source), however often the
+    same weights are loaded again (another input size, a card's scorer, a bench pass)."""
+    first = (name, source) not in _ANNOUNCED
+    _ANNOUNCED.add((name, source))
+    (log.info if first else log.debug)("posthoc-csra: %s weights from %s", name, source)
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,19 @@ def test_larger_token_grid_resamples_position_embeddings(tmp_path):
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
     model = load_model("vit_tiny_patch16_224", checkpoint=path, img_size=288)
     assert model.pos_embed.shape[1] == 1 + 18 * 18
-    assert weights_of(model)[1] != weights_of(load_model("vit_tiny_patch16_224", checkpoint=path))[1]
+    # the same bytes: the build size is preprocessing (a card or cache key records it there), not the weights
+    assert weights_of(model) == weights_of(load_model("vit_tiny_patch16_224", checkpoint=path))
+
+
+def test_build_size_is_not_part_of_the_identity_and_the_weights_line_is_logged_once(tmp_path, caplog):
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_file(load_model("resnet10t", pretrained=False).state_dict(), path)
+    with caplog.at_level("INFO", logger="posthoc_csra"):
+        own, large = load_model("resnet10t", checkpoint=path), load_model("resnet10t", checkpoint=path, img_size=448)
+    assert weights_of(own) == weights_of(large)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "weights from" in r.getMessage()]
+    assert lines == [f"posthoc-csra: resnet10t weights from checkpoint {path}"]
 
 
 # --- one resolver: the label and cache identity of the weights ---------------------------------------------
