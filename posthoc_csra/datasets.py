@@ -398,25 +398,70 @@ def _voc2007(spec: str, arg: str, opts: DatasetOptions) -> LabeledImages:
                          full_frame=True, short_name=f"voc2007@{split}")
 
 
-# ---------------------------------------------------------------- COCO 2014
-def _coco_records(data, key: str, fields: tuple, ann_file: Path) -> list:
+# ---------------------------------------------------------------- COCO (instances files)
+def _coco_records(data, key: str, fields: tuple, ann_file: Path, prefix: str) -> list:
     records = data.get(key) if isinstance(data, dict) else None
     if not isinstance(records, list):
-        raise InputError(f"coco2014: {ann_file} has no list {key!r}; expected a COCO instances file "
+        raise InputError(f"{prefix}: {ann_file} has no list {key!r}; expected a COCO instances file "
                          f"with 'images', 'annotations' and 'categories'")
     for i, rec in enumerate(records):
         if not isinstance(rec, dict) or any(f not in rec for f in fields):
-            raise InputError(f"coco2014: {ann_file}: {key}[{i}] = {str(rec)[:80]} lacks "
+            raise InputError(f"{prefix}: {ann_file}: {key}[{i}] = {str(rec)[:80]} lacks "
                              f"{' / '.join(fields)}; re-download the annotation file")
     return records
 
 
-def _unique(values: list, what: str, ann_file: Path) -> None:
+def _unique(values: list, what: str, ann_file: Path, prefix: str) -> None:
     seen: set = set()
     for v in values:
         if v in seen:
-            raise InputError(f"coco2014: {ann_file}: {what} {v!r} appears twice; each must be unique")
+            raise InputError(f"{prefix}: {ann_file}: {what} {v!r} appears twice; each must be unique")
         seen.add(v)
+
+
+def _coco_instances(ann_file: Path, prefix: str) -> tuple[list, list, np.ndarray]:
+    """(categories sorted by id, images sorted by file_name, (N, C) uint8 targets) of a COCO instances
+    file. Only ``image_id`` and ``category_id`` of an annotation are read (image-level labels without
+    boxes are valid); an image without annotations is kept, negative for every class; iscrowd
+    annotations count as positives too."""
+    try:
+        data = json.loads(_text(ann_file, prefix))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{prefix}: {ann_file} line {exc.lineno} column {exc.colno}: malformed JSON "
+                         f"({exc.msg}); re-download the annotation file") from None
+    cats = sorted(_coco_records(data, "categories", ("id", "name"), ann_file, prefix), key=lambda c: c["id"])
+    images = sorted(_coco_records(data, "images", ("id", "file_name"), ann_file, prefix),
+                    key=lambda im: im["file_name"])
+    anns = _coco_records(data, "annotations", ("image_id", "category_id"), ann_file, prefix)
+    _unique([c["id"] for c in cats], "category id", ann_file, prefix)
+    _unique([c["name"] for c in cats], "category name", ann_file, prefix)
+    _unique([im["id"] for im in images], "image id", ann_file, prefix)
+    _unique([im["file_name"] for im in images], "image file_name", ann_file, prefix)
+    col = {c["id"]: k for k, c in enumerate(cats)}
+    row = {im["id"]: k for k, im in enumerate(images)}
+    targets = np.zeros((len(images), len(cats)), np.uint8)
+    for i, ann in enumerate(anns):
+        if ann["image_id"] not in row:
+            raise InputError(f"{prefix}: {ann_file}: annotations[{i}] refers to image_id "
+                             f"{ann['image_id']!r}, which is not in 'images'")
+        if ann["category_id"] not in col:
+            raise InputError(f"{prefix}: {ann_file}: annotations[{i}] has category_id "
+                             f"{ann['category_id']!r}, which is not in 'categories'")
+        targets[row[ann["image_id"]], col[ann["category_id"]]] = 1
+    if not images:
+        raise InputError(f"{prefix}: {ann_file} lists no images")
+    return cats, images, targets
+
+
+def _coco_paths(root: Path, folder: str, images: list, ann_file: Path, prefix: str) -> tuple[list, list]:
+    """(ids ``FOLDER/<file_name>``, paths under root) of the images of an instances file, all present."""
+    ids = [f"{folder}/{im['file_name']}" for im in images]
+    paths = [root / i for i in ids]
+    n_missing, missing = _first_missing(paths)
+    if missing is not None:
+        raise MissingInputError(f"{prefix}: {n_missing} image(s) listed in {ann_file} are missing, "
+                                f"first {missing}")
+    return ids, paths
 
 
 def _coco2014(spec: str, arg: str, opts: DatasetOptions) -> LabeledImages:
@@ -429,39 +474,53 @@ def _coco2014(spec: str, arg: str, opts: DatasetOptions) -> LabeledImages:
                                 f"{root}; expected {layout}")
     if not (root / f"{split}2014").is_dir():
         raise MissingInputError(f"coco2014: no {split}2014/ folder under {root}; expected {layout}")
-    try:
-        data = json.loads(_text(ann_file, "coco2014"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"coco2014: {ann_file} line {exc.lineno} column {exc.colno}: malformed JSON "
-                         f"({exc.msg}); re-download the annotation file") from None
-    cats = sorted(_coco_records(data, "categories", ("id", "name"), ann_file), key=lambda c: c["id"])
-    images = sorted(_coco_records(data, "images", ("id", "file_name"), ann_file), key=lambda im: im["file_name"])
-    anns = _coco_records(data, "annotations", ("image_id", "category_id"), ann_file)
-    _unique([c["id"] for c in cats], "category id", ann_file)
-    _unique([c["name"] for c in cats], "category name", ann_file)
-    _unique([im["id"] for im in images], "image id", ann_file)
-    _unique([im["file_name"] for im in images], "image file_name", ann_file)
-    col = {c["id"]: k for k, c in enumerate(cats)}
-    row = {im["id"]: k for k, im in enumerate(images)}
-    targets = np.zeros((len(images), len(cats)), np.uint8)
-    for i, ann in enumerate(anns):  # iscrowd annotations count as positives too
-        if ann["image_id"] not in row:
-            raise InputError(f"coco2014: {ann_file}: annotations[{i}] refers to image_id "
-                             f"{ann['image_id']!r}, which is not in 'images'")
-        if ann["category_id"] not in col:
-            raise InputError(f"coco2014: {ann_file}: annotations[{i}] has category_id "
-                             f"{ann['category_id']!r}, which is not in 'categories'")
-        targets[row[ann["image_id"]], col[ann["category_id"]]] = 1
-    if not images:
-        raise InputError(f"coco2014: {ann_file} lists no images")
-    ids = [f"{split}2014/{im['file_name']}" for im in images]
-    paths = [root / i for i in ids]
-    n_missing, missing = _first_missing(paths)
-    if missing is not None:
-        raise MissingInputError(f"coco2014: {n_missing} image(s) listed in {ann_file} are missing, "
-                                f"first {missing}")
+    cats, images, targets = _coco_instances(ann_file, "coco2014")
+    ids, paths = _coco_paths(root, f"{split}2014", images, ann_file, "coco2014")
     return LabeledImages(spec, f"coco2014:{root}@{split}", "coco2014", [c["name"] for c in cats],
                          paths, ids, targets, full_frame=True, short_name=f"coco2014@{split}")
+
+
+_COCO_LAYOUT = "COCO's layout DIR/annotations/instances_<split>.json and DIR/<split>/<file_name>"
+
+
+def _coco_splits(root: Path) -> list[str]:
+    return sorted(p.name[len("instances_"):-len(".json")] for p in (root / "annotations").glob("instances_*.json"))
+
+
+def _coco_label_space(names: Sequence[str]) -> str:
+    """"coco2014" when every category is one of COCO's 80, else "custom".
+
+    The label space names a class vocabulary, not a year: COCO 2014 and 2017 share the 80 categories
+    (same ids, same names; only the images were re-split), so the shipped ImageNet-1k -> "coco2014" map
+    (``classmaps.class_map_for``) applies to any year and split. A COCO-format file with other category
+    names is "custom" (scored only by a model trained on its classes).
+    """
+    return "coco2014" if set(names) <= set(load_class_map("coco2014").classes) else "custom"
+
+
+def _coco(spec: str, arg: str, opts: DatasetOptions) -> LabeledImages:
+    """``coco:DIR@SPLIT``: COCO's own layout for any year and split (val2017, train2017, val2014...)."""
+    split = opts.split
+    if not split and "@" in arg:
+        raise InputError(f"coco: bad split in {spec!r}; write coco:DIR@SPLIT with SPLIT a folder name such as "
+                         f"val2017 (letters, digits, _)")
+    root = _existing_dir(arg, "coco", _COCO_LAYOUT)
+    splits = _coco_splits(root)
+    there = (f"splits there: {', '.join(splits)} (write coco:{root}@{splits[0]})" if splits
+             else f"no annotations/instances_*.json there; expected {_COCO_LAYOUT}")
+    if not split:
+        raise InputError(f"coco: no split in {spec!r}; write coco:DIR@SPLIT; {there}")
+    ann_file = root / "annotations" / f"instances_{split}.json"
+    if not ann_file.is_file():
+        raise MissingInputError(f"coco: annotation file {ann_file} not found; {there}")
+    if not (root / split).is_dir():
+        raise MissingInputError(f"coco: image folder {root / split} not found; put the {split} images "
+                                f"there ({ann_file.name} names them {split}/<file_name>)")
+    cats, images, targets = _coco_instances(ann_file, "coco")
+    ids, paths = _coco_paths(root, split, images, ann_file, "coco")
+    names = [c["name"] for c in cats]
+    return LabeledImages(spec, f"coco:{root}@{split}", _coco_label_space(names), names, paths, ids, targets,
+                         full_frame=True, short_name=f"coco@{split}")
 
 
 # ---------------------------------------------------------------- CSV
@@ -719,8 +778,8 @@ def _subset(spec: str, arg: str, opts: DatasetOptions) -> Subset:
 class DatasetKind:
     """One spec prefix: its syntax, its builder ``build(spec, arg, DatasetOptions) -> dataset`` and what
     it takes. ``options``: the ``parse_dataset`` keywords it uses itself; ``default_split``: set when
-    it reads ``@SPLIT``; ``inner``: for wrapping kinds, ``arg -> the wrapped spec`` (whose options
-    pass through); ``size_dependent``: built at the evaluation size."""
+    it reads ``@SPLIT`` ("": the split must be written); ``inner``: for wrapping kinds, ``arg -> the
+    wrapped spec`` (whose options pass through); ``size_dependent``: built at the evaluation size."""
 
     prefix: str
     syntax: str
@@ -740,6 +799,7 @@ DATASETS: dict[str, DatasetKind] = {kind.prefix: kind for kind in (
     DatasetKind("imagenet-real", "imagenet-real:DIR", _imagenet_real),
     DatasetKind("voc2007", "voc2007:DIR[@SPLIT]", _voc2007, default_split="test"),
     DatasetKind("coco2014", "coco2014:DIR[@SPLIT]", _coco2014, default_split="val"),
+    DatasetKind("coco", "coco:DIR@SPLIT", _coco, default_split=""),
     DatasetKind("csv", "csv:FILE", _csv, frozenset({"classes_file"})),
     _mosaic_kind("mosaic", 2),
     _mosaic_kind("mosaic2", 2),

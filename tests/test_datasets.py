@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -350,6 +351,118 @@ def test_coco2014_bad_files_give_one_clear_error(coco, case):
     change(coco)
     with pytest.raises(error, match=pattern):
         parse_dataset(f"coco2014:{coco}")
+
+
+# ------------------------------------------------------------------ COCO, any year and split
+BOXLESS = {  # image-level labels only: each annotation is (image_id, category_id), no bbox / segmentation
+    "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"},
+                   {"id": 38, "name": "kite"}],
+    "images": [{"id": 30, "file_name": "000000000030.jpg"}, {"id": 4, "file_name": "000000000004.jpg"},
+               {"id": 12, "file_name": "000000000012.jpg"}, {"id": 7, "file_name": "000000000007.jpg"}],
+    "annotations": [{"image_id": 4, "category_id": 1}, {"image_id": 4, "category_id": 18},
+                    {"image_id": 7, "category_id": 1}, {"image_id": 12, "category_id": 1},
+                    {"image_id": 12, "category_id": 38}, {"image_id": 12, "category_id": 38},
+                    {"image_id": 30, "category_id": 3}]}
+BOXLESS_TARGETS = [[1, 0, 1, 0], [1, 0, 0, 0], [1, 0, 0, 1], [0, 1, 0, 0]]  # rows: 04, 07, 12, 30
+
+
+def _write_coco(root, split, data=BOXLESS):
+    for k, im in enumerate(data["images"]):
+        _image(root / split / im["file_name"], (60 * k, 90, 200 - 40 * k), size=(24, 16))
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture
+def coco_any(tmp_path):
+    """A COCO-layout folder with val2017, train2017 and val2014 (the same four images, boxless labels)."""
+    for split in ("val2017", "train2017", "val2014"):
+        _write_coco(tmp_path / "coco", split)
+    return tmp_path / "coco"
+
+
+def test_coco_any_year_and_split(coco_any):
+    ds = parse_dataset(f"coco:{coco_any}@val2017")
+    assert isinstance(ds, MultiLabelDataset) and len(ds) == 4
+    assert ds.classes == ["person", "car", "dog", "kite"]  # category id order
+    assert (ds.name, ds.short_name, ds.label_space) == (f"coco:{coco_any}@val2017", "coco@val2017", "coco2014")
+    assert ds.full_frame and not ds.size_dependent  # evaluated full frame, like VOC
+    assert [ds.image_id(i) for i in range(4)] == [f"val2017/0000000000{n:02d}.jpg" for n in (4, 7, 12, 30)]
+    assert ds.targets().tolist() == BOXLESS_TARGETS and not ds.ignore_mask().any()
+    image, target, ignore = ds[2]
+    assert image.mode == "RGB" and image.size == (24, 16) and target.tolist() == BOXLESS_TARGETS[2]
+    assert parse_dataset(f"coco:{coco_any}@val2017").fingerprint() == ds.fingerprint()
+    prints = {ds.fingerprint()}
+    for split in ("train2017", "val2014"):
+        other = parse_dataset(f"coco:{coco_any}@{split}")
+        assert other.short_name == f"coco@{split}" and other.image_id(0) == f"{split}/000000000004.jpg"
+        assert other.targets().tolist() == BOXLESS_TARGETS
+        prints.add(other.fingerprint())
+    assert len(prints) == 3
+    # the old spelling reads the same 2014 files, under its own (unchanged) fingerprint and short name
+    old = parse_dataset(f"coco2014:{coco_any}")
+    assert old.short_name == "coco2014@val" and old.targets().tolist() == BOXLESS_TARGETS
+    assert old.fingerprint() != parse_dataset(f"coco:{coco_any}@val2014").fingerprint()
+    jpg = coco_any / "val2017" / "000000000012.jpg"
+    st = os.stat(jpg)
+    os.utime(jpg, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert parse_dataset(f"coco:{coco_any}@val2017").fingerprint() != ds.fingerprint()
+
+
+def test_coco_label_space_reaches_the_shipped_class_map(coco_any, tmp_path):
+    """COCO 2014 and 2017 share the 80 category names: the ImageNet->coco2014 map applies to any year."""
+    ds = parse_dataset(f"coco:{coco_any}@val2017")
+    cmap = class_map_for(1000, ds)
+    assert cmap.target_space == "coco2014" and cmap.classes == ds.classes
+    assert cmap.unmapped == ["person", "kite"]
+    custom = json.loads(json.dumps(BOXLESS))
+    custom["categories"][1]["name"] = "widget"  # not a COCO category: a custom label space
+    other = parse_dataset(f"coco:{_write_coco(tmp_path / 'custom', 'val2017', custom)}@val2017")
+    assert other.label_space == "custom"
+    with pytest.raises(InputError, match="no class map"):
+        class_map_for(1000, other)
+
+
+def test_coco_layout_errors_are_one_line(coco_any, tmp_path):
+    cases = [
+        (f"coco:{coco_any}", InputError,
+         rf"no split in .*; write coco:DIR@SPLIT; splits there: train2017, val2014, val2017 "
+         rf"\(write coco:{re.escape(str(coco_any))}@train2017\)"),
+        (f"coco:{coco_any}@val2012", MissingInputError,
+         rf"annotation file {re.escape(str(coco_any / 'annotations' / 'instances_val2012.json'))} not found; "
+         rf"splits there: train2017, val2014, val2017"),
+        (f"coco:{tmp_path / 'empty'}@val2017", MissingInputError, r"not a folder; expected COCO's layout"),
+        (f"coco:{coco_any}@val-2017", InputError, r"bad split .*SPLIT a folder name such as val2017"),
+    ]
+    (tmp_path / "bare").mkdir()
+    cases.append((f"coco:{tmp_path / 'bare'}@val2017", MissingInputError,
+                  r"instances_val2017\.json not found; no annotations/instances_\*\.json there; expected "
+                  r"COCO's layout DIR/annotations/instances_<split>\.json and DIR/<split>/<file_name>"))
+    shutil.rmtree(coco_any / "train2017")
+    cases.append((f"coco:{coco_any}@train2017", MissingInputError,
+                  rf"image folder {re.escape(str(coco_any / 'train2017'))} not found; put the train2017 images "
+                  rf"there \(instances_train2017\.json names them train2017/<file_name>\)"))
+    os.remove(coco_any / "val2014" / "000000000030.jpg")
+    cases.append((f"coco:{coco_any}@val2014", MissingInputError,
+                  r"1 image\(s\) listed in .*instances_val2014\.json are missing, first .*000000000030\.jpg"))
+    (coco_any / "annotations" / "instances_val2017.json").write_text('{"images": [\n{"id": 1,}')
+    cases.append((f"coco:{coco_any}@val2017", InputError, r"coco: .*instances_val2017\.json line 2 column \d+: "
+                                                          r"malformed JSON"))
+    for spec, error, pattern in cases:
+        with pytest.raises(error, match=pattern) as info:
+            parse_dataset(spec)
+        assert "\n" not in str(info.value), spec
+
+
+def test_coco_is_registered_for_bench_help():
+    from click.testing import CliRunner
+
+    from posthoc_csra.cli import main
+    assert DATASETS["coco"].syntax == "coco:DIR@SPLIT" and dataset_kind("coco:/d@val2017").prefix == "coco"
+    assert dataset_options("coco:/d@val2017") == set() and not is_size_dependent("subset:3:coco:/d@val2017")
+    help_text = " ".join(CliRunner().invoke(main, ["bench", "--help"]).output.split())
+    assert "coco:DIR@SPLIT" in help_text and "coco2014:DIR[@SPLIT]" in help_text
 
 
 # ------------------------------------------------------------------ CSV
@@ -766,3 +879,27 @@ def test_fingerprints_of_existing_kinds_are_pinned(voc, voc_both, coco, csv_dir)
     expected = _labeled_reference(f"imagenet-real:{root}", "imagenet-1k", list(ImageNetInfo().label_descriptions()),
                                   ids, [root / i for i in ids], targets, np.zeros((3, 1000), bool))
     assert parse_dataset(f"imagenet-real:{root}").fingerprint() == expected
+
+
+def test_shared_coco2017_val(shared):
+    """The real COCO 2017 val images with image-level (boxless) labels: COCO's own layout, 80 classes."""
+    root = shared / "data" / "coco2017"
+    ds = parse_dataset(f"coco:{root}@val2017")
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    assert len(ds) == len(data["images"]) == 500 and len(ds.classes) == 80
+    assert all(set(a) >= {"image_id", "category_id"} and "bbox" not in a for a in data["annotations"])
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    assert ds.classes == [c["name"] for c in cats] and ds.label_space == "coco2014" and ds.full_frame
+    col = {c["id"]: k for k, c in enumerate(cats)}
+    by_file = {im["id"]: im["file_name"] for im in data["images"]}
+    expected = {}  # an independent read of the annotations
+    for a in data["annotations"]:
+        expected.setdefault(f"val2017/{by_file[a['image_id']]}", set()).add(col[a["category_id"]])
+    t = ds.targets()
+    assert {ds.image_id(i): set(np.flatnonzero(t[i])) for i in range(len(ds))} == {
+        f"val2017/{f}": expected.get(f"val2017/{f}", set()) for f in by_file.values()}
+    assert t[:, ds.classes.index("person")].all()  # person is positive in every image
+    assert (t.sum(1) >= 2).sum() == 497
+    cmap = class_map_for(1000, ds)
+    assert cmap.classes == ds.classes and "person" in cmap.unmapped
+    assert ds[0][0].mode == "RGB" and ds.short_name == "coco@val2017"
