@@ -1,4 +1,5 @@
-"""Finding image files and decoding them robustly to RGB."""
+"""Finding image files and decoding them robustly to RGB. Torch-free at import (the CLI checks its inputs
+with it before torch loads); ``ImageFiles`` and ``collate_images`` import torch when used."""
 from __future__ import annotations
 
 import os
@@ -6,15 +7,17 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError, MissingInputError
 
-__all__ = ["find_images", "readable_extensions", "ImageLoadError", "load_rgb",
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["find_images", "readable_extensions", "ImageLoadError", "load_rgb", "probe_image", "check_image_folder",
            "relative_name", "ImageFiles", "collate_images"]
 
 # Exceptions Pillow raises for corrupt data (besides OSError/ValueError/SyntaxError).
@@ -195,16 +198,56 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
             raise ImageLoadError(path, _describe(exc)) from exc
 
 
-def _default_transform(im: Image.Image) -> torch.Tensor:
+def probe_image(path: str | os.PathLike) -> Optional[str]:
+    """None when Pillow identifies ``path`` as an image from its header (nothing is decoded), else why not
+    (the reason ``load_rgb`` would give). A header that opens can still fail to decode (a truncated file)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fp:
+            if os.fstat(fp.fileno()).st_size == 0:
+                return "empty file (0 bytes)"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                Image.open(fp)
+    except OSError as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            return _describe(exc)
+        return f"cannot read file: {exc.strerror or exc}"
+    except Image.DecompressionBombError as exc:
+        return _too_large(path, None, str(exc)).reason
+    except _PILLOW_ERRORS as exc:
+        return _describe(exc)
+    return None
+
+
+def check_image_folder(root: str | os.PathLike) -> list[Path]:
+    """``find_images(root)``, and an InputError when none of the files found is an image Pillow can open
+    (headers only, stopping at the first that opens): so a folder with nothing to score fails before a
+    model is loaded."""
+    paths = find_images(root)
+    first = None
+    for path in paths:
+        reason = probe_image(path)
+        if reason is None:
+            return paths
+        first = first or f"{relative_name(path, root)}: {reason}"
+    raise InputError(f"none of the {len(paths)} file(s) under {root} could be scored: none is an image Pillow "
+                     f"can open (first: {first})")
+
+
+def _default_transform(im: Image.Image) -> "torch.Tensor":
+    import torch
+
     arr = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True))
     return arr.permute(2, 0, 1).float().div_(255.0)
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Dataset of image files; items are dicts, decode errors are returned, never raised."""
+class ImageFiles:
+    """Map-style dataset of image files (for ``torch.utils.data.DataLoader``); items are dicts, decode errors
+    are returned, never raised."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], root: str | os.PathLike,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None):
+                 transform: Callable[[Image.Image], "torch.Tensor"] | None = None):
         self.paths = [Path(p) for p in paths]
         self.root = Path(root)
         self.transform = transform if transform is not None else _default_transform
@@ -227,6 +270,8 @@ class ImageFiles(torch.utils.data.Dataset):
 def collate_images(batch: Sequence[dict]
                    ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
     """(stacked good images or None, their indices, [(index, error)] for the bad ones)."""
+    import torch
+
     good = [item for item in batch if item["image"] is not None]
     failures = [(int(item["index"]), str(item["error"])) for item in batch
                 if item["image"] is None]

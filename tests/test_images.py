@@ -10,8 +10,8 @@ from PIL import Image
 from torchvision import transforms
 
 from posthoc_csra.errors import InputError, MissingInputError
-from posthoc_csra.images import (ImageFiles, ImageLoadError, collate_images, find_images,
-                                 load_rgb, readable_extensions, relative_name)
+from posthoc_csra.images import (ImageFiles, ImageLoadError, check_image_folder, collate_images, find_images,
+                                 load_rgb, probe_image, readable_extensions, relative_name)
 
 
 def _save(path, im, fmt=None, **kw):
@@ -292,3 +292,36 @@ def test_collate_all_bad_and_all_good():
     images, idx, fails = collate_images([{"index": i, "image": torch.zeros(3, 2, 2), "error": None}
                                          for i in (5, 6)])
     assert images.shape == (2, 3, 2, 2) and idx == [5, 6] and fails == []
+
+
+# ---- checks before any model is loaded ---------------------------------------------------
+
+def test_probe_reads_headers_only_and_gives_load_rgbs_reasons(tmp_path):
+    paths = _mixed_folder(tmp_path)
+    reasons = {relative_name(p, tmp_path): probe_image(p) for p in paths}
+    assert reasons == {"a.png": None, "b.jpg": "empty file (0 bytes)", "sub/c.jpg": None,
+                       "sub/d.png": "not an image: cannot identify image file",
+                       "sub/e.jpg": None,  # a truncated file opens; it fails when decoded (an error row)
+                       "sub/f.png": None}
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert probe_image(tmp_path / "gone.png").startswith("cannot read file")
+
+
+def test_a_folder_with_nothing_to_score_fails_before_a_model_loads(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "readme.txt").write_text("not even an image extension")
+    with pytest.raises(InputError, match=r"none of the 2 file\(s\) under .* could be scored: none is an image "
+                                         r"Pillow can open \(first: empty.jpg: empty file \(0 bytes\)\)"):
+        check_image_folder(tmp_path)
+    _save(tmp_path / "z.png", Image.new("RGB", (8, 8)))
+    assert [p.name for p in check_image_folder(tmp_path)] == ["empty.jpg", "notes.png", "z.png"]
+
+
+def test_importing_images_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, posthoc_csra.images; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
