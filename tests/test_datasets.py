@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from posthoc_csra.classmaps import CLASS_MAP_SPACES, class_map_for, pool_members
-from posthoc_csra.datasets import (DATASETS, VOC_CLASSES, DatasetWarning, Mosaic, MultiLabelDataset, Subset,
+from posthoc_csra.datasets import (DATASETS, VOC_CLASSES, DatasetWarning, Mosaic, MultiLabelDataset, Part, Subset,
                                    dataset_kind, dataset_options, dataset_split, is_size_dependent,
-                                   load_class_map, map_scores, parse_dataset, split_indices)
+                                   load_class_map, map_scores, parse_dataset, partition, split_indices)
 from posthoc_csra.errors import InputError, MissingInputError
 
 
@@ -650,6 +650,77 @@ def test_subset_split_is_the_inner_split_restricted(csv_dir):
         assert not {j for i in v for j in tiles(i)} & {j for i in t for j in tiles(i)}
 
 
+# ------------------------------------------------------------------ parts
+def test_parts_are_a_seeded_partition(csv_dir):
+    many = _many(csv_dir / "many", 23)
+    full = parse_dataset(f"csv:{many}")
+    for n_parts, seed in ((1, 0), (2, 0), (3, 0), (3, 7), (5, 2), (23, 1)):
+        parts = [parse_dataset(f"part:{k}/{n_parts}:{seed}:csv:{many}") for k in range(1, n_parts + 1)]
+        ids = [[p.image_id(i) for i in range(len(p))] for p in parts]
+        assert sorted(len(p) for p in parts) in ([23 // n_parts] * (n_parts - 23 % n_parts)
+                                                 + [23 // n_parts + 1] * (23 % n_parts),)  # near-equal
+        assert sorted(i for part in ids for i in part) == sorted(full.image_id(i) for i in range(23))  # union
+        assert len({i for part in ids for i in part}) == 23  # disjoint
+        for part in parts:
+            assert isinstance(part, Part) and isinstance(part, MultiLabelDataset)
+            assert np.array_equal(part.targets(), full.targets()[part.indices])
+            assert list(part.indices) == sorted(part.indices)  # in the inner order
+    a = parse_dataset(f"part:1/3:csv:{many}")
+    assert a.fingerprint() == parse_dataset(f"part:1/3:0:csv:{many}").fingerprint()  # seed 0 by default
+    assert a.short_name == "part1of3(csv:many.csv)" and a.classes == full.classes and a.label_space == "custom"
+    again = parse_dataset(f"part:1/3:csv:{many}")
+    assert np.array_equal(again.indices, a.indices) and again.fingerprint() == a.fingerprint()  # deterministic
+    b = parse_dataset(f"part:1/3:5:csv:{many}")
+    assert b.short_name == "part1of3@seed5(csv:many.csv)"
+    assert not np.array_equal(b.indices, a.indices) and b.fingerprint() != a.fingerprint()  # seeds differ
+    prints = {parse_dataset(spec).fingerprint() for spec in
+              (f"part:1/3:csv:{many}", f"part:2/3:csv:{many}", f"part:1/2:csv:{many}", f"part:1/3:5:csv:{many}",
+               f"subset:8:csv:{many}")}
+    assert len(prints) == 5  # K, N, seed (and the kind) are in the fingerprint
+    assert partition(23, 2, 3, 0).tolist() == a.inner.split(0.0, 0)[1][partition(23, 2, 3, 0)].tolist()
+    # the fingerprint follows the inner dataset
+    st = os.stat(full.paths[0])
+    os.utime(full.paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert parse_dataset(f"part:1/3:csv:{many}").fingerprint() != a.fingerprint()
+
+
+def test_part_split_and_wrapping(csv_dir):
+    many = _many(csv_dir / "many", 40)
+    full, part = parse_dataset(f"csv:{many}"), parse_dataset(f"part:2/2:3:csv:{many}")
+    full_val = {full.image_id(i) for i in dataset_split(full, 0.5, 7)[0]}
+    val, test = dataset_split(part, 0.5, 7)
+    assert len(val) + len(test) == 20 and not set(val) & set(test)
+    assert {part.image_id(i) for i in val} == {part.image_id(i) for i in range(20)} & full_val
+    assert dataset_kind(f"part:1/2:mosaic:csv:{many}").prefix == "part"
+    assert is_size_dependent(f"part:1/2:mosaic:csv:{many}") and not is_size_dependent(f"part:1/2:csv:{many}")
+    assert dataset_options(f"part:1/2:7:mosaic:csv:{many}") == {"classes_file", "seed", "count"}
+    m = parse_dataset(f"part:1/2:mosaic:csv:{many}", size=16, count=10)
+    assert len(m) == 5 and m.size_dependent and m.full_frame and m.short_name == "part1of2(mosaic2x2(csv:many.csv))"
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("part:0/2:csv:{many}", r"K=0 of N=2 in part:0/2:csv:.*; use N >= 1 and 1 <= K <= N"),
+    ("part:3/2:csv:{many}", r"K=3 of N=2"),
+    ("part:1/0:csv:{many}", r"K=1 of N=0"),
+    ("part:1:csv:{many}", r"expected part:K/N\[:SEED\]:SPEC"),
+    ("part:1/2", r"expected part:K/N\[:SEED\]:SPEC"),
+    ("part:1/2:3", r"expected part:K/N\[:SEED\]:SPEC"),
+    ("part:a/2:csv:{many}", r"expected part:K/N\[:SEED\]:SPEC"),
+    ("part:1/2:-1:csv:{many}", r"SEED=-1 in part:1/2:-1:csv:.*; the seed is a non-negative integer"),
+    ("part:1/2:0.5:csv:{many}", r"SEED=0\.5 in"),
+    ("part:11/11:csv:{many}", r"part: N=11 but csv:many\.csv has 10 images; use 1 <= N <= 10"),
+])
+def test_part_bad_k_or_n_give_one_line_errors(csv_dir, spec, pattern):
+    many = _many(csv_dir / "many", 10)
+    with pytest.raises(InputError, match=pattern) as info:
+        parse_dataset(spec.format(many=many))
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="1 <= K <= N"):
+        partition(10, 0, 2)
+    with pytest.raises(InputError, match="N <= 10"):
+        partition(10, 1, 11)
+
+
 # ------------------------------------------------------------------ split
 def test_split_indices():
     val, test = split_indices(101, 0.3, seed=5)
@@ -903,3 +974,17 @@ def test_shared_coco2017_val(shared):
     cmap = class_map_for(1000, ds)
     assert cmap.classes == ds.classes and "person" in cmap.unmapped
     assert ds[0][0].mode == "RGB" and ds.short_name == "coco@val2017"
+
+
+def test_shared_voc2007_halves_are_disjoint(shared):
+    """part 1/2 and 2/2 of the real VOC2007 trainval share no image and together are all 2000."""
+    spec = f"voc2007:{shared / 'data' / 'voc2007'}@trainval"
+    halves = [parse_dataset(f"part:{k}/2:{spec}") for k in (1, 2)]
+    ids = [{h.image_id(i) for i in range(len(h))} for h in halves]
+    assert [len(h) for h in halves] == [1000, 1000] and not ids[0] & ids[1]
+    full = parse_dataset(spec)
+    assert ids[0] | ids[1] == {full.image_id(i) for i in range(len(full))}
+    assert halves[0].short_name == "part1of2(voc2007@trainval)" and halves[0].full_frame
+    assert halves[0].fingerprint() != halves[1].fingerprint()
+    seeded = parse_dataset(f"part:1/2:1:{spec}")
+    assert {seeded.image_id(i) for i in range(len(seeded))} != ids[0]
