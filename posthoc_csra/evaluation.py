@@ -109,20 +109,68 @@ def _split_metrics(scores: np.ndarray, splits: Dict[str, _Split], aps: Optional[
     return out
 
 
-def _csra_metrics(base, att, lams: Sequence[float], n_heads: int, members, member_pool, splits):
-    """Per λ: ``_split_metrics`` of ``base + (λ/H)·att`` (N, C), class-pooled after the rule."""
-    linear = members is None or member_pool == "sum"  # sum pooling commutes with the rule: pool first
+def _members(class_map) -> Optional[list]:
+    """The member lists of the dataset classes a class map covers (None without a class map)."""
+    return None if class_map is None else [m for m, ok in zip(class_map.members, class_map.mapped) if ok]
+
+
+def _pooled(scores, members, member_pool):
+    """Model-class scores (N, C) → the dataset classes' (N, K) (unchanged without a class map)."""
+    return scores if members is None else pool_members(scores, members, member_pool)
+
+
+def _heads_att(att, temps) -> np.ndarray:
+    """(N, 8, C) attention terms at ``STAT_TEMPERATURES`` → their sum over the head set ``temps`` (N, C)."""
+    return att[:, [STAT_TEMPERATURES.index(t) for t in temps]].sum(axis=1)
+
+
+def _rule_parts(base, att, members, member_pool):
+    """(base, att, linear): sum pooling commutes with the rule, so it pools first (``linear``)."""
+    linear = members is None or member_pool == "sum"
     if linear and members is not None:
         base, att = pool_members(base, members, "sum"), pool_members(att, members, "sum")
-    dtype = np.result_type(base, att)
+    return base, att, linear
+
+
+def _rule_scores(base, att, scale: float, linear: bool, members, member_pool):
+    """``base + scale·att`` in the inputs' dtype (what the sweep ranks, to the bit), class-pooled after
+    the rule unless ``linear`` (then base and att are pooled already)."""
+    s = base + np.result_type(base, att).type(scale) * att if scale else base
+    return s if linear else pool_members(s, members, member_pool)
+
+
+def _csra_metrics(base, att, lams: Sequence[float], n_heads: int, members, member_pool, splits):
+    """Per λ: ``_split_metrics`` of ``base + (λ/H)·att`` (N, C), class-pooled after the rule."""
+    base, att, linear = _rule_parts(base, att, members, member_pool)
     scale = np.asarray(lams, np.float64) / n_heads
     aps = ({name: average_precision_sweep(base[sp.rows], att[sp.rows], scale, sp.targets, sp.ignore)
             for name, sp in splits.items()} if linear else None)
     for i, lam in enumerate(scale):
-        s = base + dtype.type(lam) * att if lam else base  # what the sweep ranks, to the bit
-        if not linear:
-            s = pool_members(s, members, member_pool)
+        s = _rule_scores(base, att, lam, linear, members, member_pool)
         yield _split_metrics(s, splits, None if aps is None else {k: v[i] for k, v in aps.items()})
+
+
+def method_scores(stats, space: str, method: str = "model", *, heads=1, lam: float = 0.0, class_map=None,
+                  pool: str = "max") -> np.ndarray:
+    """The (N, K) scores ``evaluate_stats`` ranks for one method and setting, from cached statistics.
+
+    method: "model", "csra" (at ``heads``, ``lam``) or a pooling baseline of ``baselines.BASELINES``;
+    K: the dataset's classes, or with ``class_map`` the ones it covers (``class_map.mapped``), pooled
+    the way ``evaluate_stats`` pools them (``pool``, as the space allows). Use with the rows of a
+    benchmark table (e.g. for bootstrap intervals or per-class AP).
+    """
+    space = get_space(space)
+    members = _members(class_map)
+    member_pool = None if members is None else space.member_pool(pool)
+    base = _stat(stats, f"{space.name}_base")
+    if method == "csra":
+        temps = resolve_temperatures(heads)
+        parts = _rule_parts(base, _heads_att(_stat(stats, f"{space.name}_att"), temps), members, member_pool)
+        return _rule_scores(*parts[:2], float(np.float64(check_lam(lam)) / len(temps)), parts[2], members,
+                            member_pool)
+    if method != "model" and method not in BASELINES:
+        raise InputError(f"unknown method {method!r}; choose model, csra or one of {', '.join(BASELINES)}")
+    return _pooled(base if method == "model" else _stat(stats, f"{space.name}@{method}"), members, member_pool)
 
 
 def _stat(stats, key: str) -> np.ndarray:
@@ -158,11 +206,9 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
         raise InputError(f"select_on must be None or 'val', got {select_on!r}")
     lams = sorted({check_lam(lam) for lam in lams} | {0.0})
     targets, ignore = np.asarray(targets) > 0, np.asarray(ignore, bool)
-    members = None
+    members = _members(class_map)
     if class_map is not None:
-        mapped = class_map.mapped
-        members = [m for m, ok in zip(class_map.members, mapped) if ok]
-        targets, ignore = targets[:, mapped], ignore[:, mapped]
+        targets, ignore = targets[:, class_map.mapped], ignore[:, class_map.mapped]
     n = len(targets)
     if select_on == "val":
         if split is None:
@@ -191,13 +237,13 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
             raise InputError(f"statistics {base.shape} do not match targets {targets.shape}")
 
         def pooled(scores):
-            return scores if members is None else pool_members(scores, members, member_pool)
+            return _pooled(scores, members, member_pool)
 
         common = dict(space=space.name, pool=member_pool)
         add(dict(method="model", heads=None, lam=math.nan, _n_heads=0, **common),
             _split_metrics(pooled(base), splits))
         for heads, temps in heads_sets:
-            att_h = att[:, [STAT_TEMPERATURES.index(t) for t in temps]].sum(axis=1)
+            att_h = _heads_att(att, temps)
             label = _heads_label(heads, temps)
             for lam, per_split in zip(lams, _csra_metrics(base, att_h, lams, len(temps), members, member_pool,
                                                           splits)):
@@ -234,4 +280,4 @@ def _selected(df):
     return df["_config"].isin(best.to_numpy()).to_numpy()
 
 
-__all__ = ["COLUMN_HELP", "COLUMNS", "TOPK", "evaluate_stats"]
+__all__ = ["COLUMN_HELP", "COLUMNS", "TOPK", "evaluate_stats", "method_scores"]

@@ -113,3 +113,46 @@ def test_verdict():
     assert Interval(-0.5, -0.9, -0.1, 1000).verdict == "loss"
     assert Interval(0.5, -0.1, 0.9, 1000).verdict == "tie"
     assert str(Interval(0.5, -0.1, 0.9, 1000)) == "+0.50 [-0.10, +0.90]"
+
+
+def _stats(n=60, c=1000, seed=0):
+    """Softmax-model-like cached statistics, with one pooling baseline that applies."""
+    rng = np.random.default_rng(seed)
+    logits = (3 * rng.standard_normal((n, c))).astype(np.float32)
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    prob = (prob / prob.sum(1, keepdims=True)).astype(np.float32)
+    out = {"logits": logits, "logit_base": logits, "prob_base": prob}
+    for space, scale in (("logit", 1.0), ("prob", 1e-3)):
+        out[f"{space}_att"] = (rng.random((n, 8, c)) * scale).astype(np.float32)
+        out[f"{space}@max-pool"] = out[f"{space}_base"] + out[f"{space}_att"][:, -1]
+    return out
+
+
+@pytest.mark.parametrize("pool", ["max", "sum"])
+def test_method_scores_are_what_the_table_ranks(pool):
+    from posthoc_csra.classmaps import load_class_map
+    from posthoc_csra.datasets import VOC_CLASSES, split_indices
+    from posthoc_csra.evaluation import evaluate_stats, method_scores
+    from posthoc_csra.metrics import average_precision
+
+    rng = np.random.default_rng(1)
+    n = 60
+    cmap = load_class_map("voc2007").reorder(VOC_CLASSES)
+    targets = rng.random((n, len(VOC_CLASSES))) < 0.2
+    ignore = (rng.random(targets.shape) < 0.05) & ~targets
+    stats = _stats(n)
+    df = evaluate_stats(stats, targets, ignore, [0.1, 0.35], [1, 4], ["logit", "prob"], class_map=cmap, pool=pool,
+                        select_on="val")
+    _, test = split_indices(n)
+    t, ign = targets[:, cmap.mapped][test], ignore[:, cmap.mapped][test]
+    rows = df[(df["split"] == "test") & df["mAP"].notna()]
+    assert set(rows["method"]) == {"model", "csra", "max-pool"} and len(rows) == 2 * (2 + 2 * 3)
+    for row in rows.itertuples():
+        s = method_scores(stats, row.space, row.method, heads=int(row.heads) if row.method == "csra" else 1,
+                          lam=row.lam if row.method == "csra" else 0.0, class_map=cmap, pool=pool)
+        assert s.shape == (n, int(cmap.mapped.sum()))
+        assert 100 * np.nanmean(average_precision(s[test], t, ign)) == row.mAP  # to the bit
+    np.testing.assert_array_equal(method_scores(stats, "prob", "csra", heads=4, lam=0.0, class_map=cmap, pool=pool),
+                                  method_scores(stats, "prob", "model", class_map=cmap, pool=pool))
+    with pytest.raises(Exception, match="unknown method"):
+        method_scores(stats, "prob", "mean-pool")
