@@ -18,7 +18,8 @@ import numpy as np
 from .baselines import BASELINES
 from .classmaps import POOLS, pool_members
 from .errors import InputError
-from .metrics import average_precision, average_precision_sweep, best_f1_threshold, f1_scores, topk_f1_scores
+from .metrics import (always_positive_classes, average_precision, average_precision_sweep, best_f1_threshold,
+                      f1_scores, ranked_classes, topk_f1_scores)
 from .spaces import get_space
 from .choices import SPACES, STAT_TEMPERATURES, check_lam, resolve_temperatures
 
@@ -37,7 +38,11 @@ COLUMN_HELP: Dict[str, str] = {
     "split": "the images of the row: all, or with --select-on val the validation half (val) or the "
              "disjoint test half (test)",
     "n_images": "images in the split",
-    "n_classes": "classes with at least one (non-ignored) positive in the split: mAP and CF1 average over these",
+    "n_classes": "ranked classes of the split, those with at least one (non-ignored) positive and one (non-ignored) "
+                 "negative: mAP and CF1 average over these; classes without a positive, and the n_always_positive "
+                 "ones, are left out",
+    "n_always_positive": "classes positive in every (non-ignored) image of the split (e.g. person on COCO person "
+                         "images): their AP is 1 whatever the scores, so they are left out of n_classes, mAP and CF1",
     "method": "model: the model's own scores; csra: the CSRA rule at lam with heads; max-pool, avgmax-pool, "
               "test-time-pool: timm's training-free pooling baselines from the same backbone pass",
     "space": "what is ranked: logit (the model's logits, the paper's rule) or prob (softmax probabilities)",
@@ -81,8 +86,13 @@ class _Split:
 
     @property
     def n_classes(self) -> int:
-        """Classes with a (non-ignored) positive: the classes mAP and CF1 average over."""
-        return int((self.targets & ~self.ignore).any(0).sum())
+        """The ranked classes (``metrics.ranked_classes``): the classes mAP and CF1 average over."""
+        return int(ranked_classes(self.targets, self.ignore).sum())
+
+    @property
+    def n_always_positive(self) -> int:
+        """Classes positive in every non-ignored image: left out of n_classes (``metrics.always_positive_classes``)."""
+        return int(always_positive_classes(self.targets, self.ignore).sum())
 
 
 def _split_metrics(scores: np.ndarray, splits: Dict[str, _Split], aps: Optional[Dict[str, np.ndarray]] = None):
@@ -92,7 +102,7 @@ def _split_metrics(scores: np.ndarray, splits: Dict[str, _Split], aps: Optional[
     """
     t = math.nan
     val = splits.get("val")
-    if val is not None and val.n_classes:
+    if val is not None and (val.targets & ~val.ignore).any():  # OF1 needs a positive, not a ranked class
         t = best_f1_threshold(scores[val.rows], val.targets, val.ignore)
     out = []
     for name, sp in splits.items():
@@ -103,6 +113,7 @@ def _split_metrics(scores: np.ndarray, splits: Dict[str, _Split], aps: Optional[
         at = (f1_scores(s, sp.targets, t, sp.ignore, positive_classes=True) if not math.isnan(t)
               else {"CF1": math.nan, "OF1": math.nan})
         out.append({"split": name, "n_images": len(s), "n_classes": n_classes,
+                    "n_always_positive": sp.n_always_positive,
                     "mAP": 100 * float(np.nanmean(ap)) if n_classes else math.nan,
                     f"CF1@top{TOPK}": 100 * top["CF1"], f"OF1@top{TOPK}": 100 * top["OF1"],
                     "threshold": t, "CF1@t": 100 * at["CF1"], "OF1@t": 100 * at["OF1"]})

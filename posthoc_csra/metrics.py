@@ -11,6 +11,12 @@ binary search vectorised over all positives (no loop over classes or images);
 ignored entries are pushed to -inf and clamped out of the counts, so they leave
 the ranking entirely.
 
+Which classes a ranking says something about is decided in one place, ``ranked_classes``: a class
+needs a (non-ignored) positive and a (non-ignored) negative. A class without a positive has no AP;
+a class positive in every non-ignored image has AP 1 whatever the scores. Both get NaN per-class AP
+and are left out of the macro means (mAP, and CF1 with ``positive_classes``);
+``always_positive_classes`` says which were left out for the second reason.
+
 F1 comes as P/R/F1 per class (macro: CP, CR, CF1) and over all entries (micro: OP, OR, OF1) for
 predictions made by a threshold (``f1_scores``) or by the k highest scores of each image
 (``topk_f1_scores``); ``best_f1_threshold`` picks the threshold that maximises OF1 on given
@@ -25,6 +31,8 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
+    "ranked_classes",
+    "always_positive_classes",
     "average_precision",
     "average_precision_sweep",
     "f1_scores",
@@ -76,14 +84,40 @@ def _lower_bound(flat: np.ndarray, start: np.ndarray, width: int, q: np.ndarray)
     return base + (flat[base] < q) if width else base
 
 
+def _ranked(pos: np.ndarray, ign: Optional[np.ndarray]) -> np.ndarray:
+    """(C,) bool: a non-ignored positive and a non-ignored negative (pos: (N, C) non-ignored positives)."""
+    neg = ~pos if ign is None else ~(pos | ign)
+    return pos.any(0) & neg.any(0)
+
+
+def ranked_classes(targets, ignore=None) -> np.ndarray:
+    """(C,) bool: the classes a ranking metric averages over, those with at least one non-ignored
+    positive and at least one non-ignored negative in targets (N, C) (ignore (N, C) bool drops entries).
+
+    The one rule for mAP (``average_precision`` gives NaN elsewhere), for CF1 with
+    ``positive_classes`` and for the benchmark table's ``n_classes``.
+    """
+    t = _np(targets)
+    pos, ign = _masks(t, ignore, t.shape)
+    return _ranked(pos, ign)
+
+
+def always_positive_classes(targets, ignore=None) -> np.ndarray:
+    """(C,) bool: classes positive in every non-ignored entry of targets (N, C) (at least one):
+    left out by ``ranked_classes`` because their AP is 1 whatever the scores."""
+    t = _np(targets)
+    pos, ign = _masks(t, ignore, t.shape)
+    return pos.any(0) & ~_ranked(pos, ign)
+
+
 class _Ranker:
-    """Fixed targets/ignore; ``ap(sK)`` gives AP of (K, N) scores of the K classes with positives."""
+    """Fixed targets/ignore; ``ap(sK)`` gives AP of (K, N) scores of the K ranked classes."""
 
     def __init__(self, pos: np.ndarray, ign: Optional[np.ndarray]):
         n, c = pos.shape
         counts = pos.sum(0)
         self.n, self.n_classes = n, c
-        self.cls = np.flatnonzero(counts)  # (K,) classes with a positive
+        self.cls = np.flatnonzero(_ranked(pos, ign))  # (K,) ranked classes (``ranked_classes``)
         self.pk = counts[self.cls]
         self.ignK = None if ign is None else np.ascontiguousarray(ign.T[self.cls])
         self.r, self.col = np.nonzero(pos.T[self.cls])  # (T,) positives, grouped by class
@@ -111,7 +145,7 @@ class _Ranker:
         return np.bincount(r, weights=prec, minlength=len(self.cls)) / self.pk
 
     def scatter(self, apK: np.ndarray) -> np.ndarray:
-        """(..., K) -> (..., C), NaN for classes without positives."""
+        """(..., K) -> (..., C), NaN for the classes that are not ranked."""
         out = np.full(apK.shape[:-1] + (self.n_classes,), np.nan)
         out[..., self.cls] = apK
         return out
@@ -121,7 +155,9 @@ def average_precision(scores, targets, ignore=None) -> np.ndarray:
     """Per-class AP (C,) of scores (N, C) vs targets (N, C); ignore (N, C) bool drops entries.
 
     Equals ``sklearn.metrics.average_precision_score`` per class on the non-ignored
-    entries; classes with no (non-ignored) positive get NaN.
+    entries; classes that are not ranked (``ranked_classes``: no non-ignored positive, or no
+    non-ignored negative, where sklearn's AP is 1 whatever the scores) get NaN, so ``np.nanmean``
+    of the result is the mAP.
     """
     s = _float_scores(scores)
     if s.ndim != 2:
@@ -166,11 +202,12 @@ def _f1(p, r) -> float:
     return float(_ratio(2 * p * r, p + r))
 
 
-def _prf(pred: np.ndarray, pos: np.ndarray, positive_classes: bool) -> Dict[str, float]:
-    """CP, CR, CF1 (macro) and OP, OR, OF1 (micro) of predictions pred vs positives pos, both (N, C) bool."""
+def _prf(pred: np.ndarray, pos: np.ndarray, ign: Optional[np.ndarray], positive_classes: bool) -> Dict[str, float]:
+    """CP, CR, CF1 (macro) and OP, OR, OF1 (micro) of predictions pred vs positives pos, both (N, C) bool
+    (ign: the ignored entries, or None); macro over all classes, or the ranked ones with positive_classes."""
     tp = (pred & pos).sum(0)
     n_pred, n_pos = pred.sum(0), pos.sum(0)
-    cls = n_pos > 0 if positive_classes else slice(None)
+    cls = _ranked(pos, ign) if positive_classes else slice(None)
     if positive_classes and not cls.any():
         cp = cr = float("nan")
     else:
@@ -191,15 +228,16 @@ def f1_scores(scores, targets, threshold, ignore=None, positive_classes: bool = 
 
     scores, targets, ignore (N, C); ignored entries are neither predictions nor positives. Per class
     (macro, 0 for an empty denominator like sklearn's ``zero_division=0``): CP, CR and
-    CF1 = 2·CP·CR/(CP+CR), averaged over all C classes, or with ``positive_classes`` over the classes
-    with at least one (non-ignored) positive (NaN if none). Overall (micro, every entry): OP, OR, OF1.
+    CF1 = 2·CP·CR/(CP+CR), averaged over all C classes, or with ``positive_classes`` over the ranked
+    classes (``ranked_classes``: a non-ignored positive and a non-ignored negative; NaN if none).
+    Overall (micro, every entry): OP, OR, OF1.
     """
     s = _float_scores(scores)
     pos, ign = _masks(targets, ignore, s.shape)
     pred = s >= _np(threshold)
     if ign is not None:
         pred &= ~ign
-    return _prf(pred, pos, positive_classes)
+    return _prf(pred, pos, ign, positive_classes)
 
 
 def topk_predictions(scores, k: int, ignore=None) -> np.ndarray:
@@ -234,8 +272,8 @@ def topk_f1_scores(scores, targets, k: int = 3, ignore=None, positive_classes: b
     Ignored entries are excluded: never predicted, never positives.
     """
     s = _float_scores(scores)
-    pos, _ = _masks(targets, ignore, s.shape)
-    return _prf(topk_predictions(s, k, ignore), pos, positive_classes)
+    pos, ign = _masks(targets, ignore, s.shape)
+    return _prf(topk_predictions(s, k, ignore), pos, ign, positive_classes)
 
 
 def best_f1_threshold(scores, targets, ignore=None) -> float:

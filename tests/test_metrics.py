@@ -3,17 +3,18 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
 from posthoc_csra.errors import InputError
-from posthoc_csra.metrics import (average_precision, average_precision_sweep, best_f1_threshold, f1_scores,
-                                  topk_f1_scores, topk_predictions)
+from posthoc_csra.metrics import (always_positive_classes, average_precision, average_precision_sweep,
+                                  best_f1_threshold, f1_scores, ranked_classes, topk_f1_scores, topk_predictions)
 
 
 def _sklearn_ap(scores, targets, ignore=None):
-    """Reference AP (C,): sklearn per class on the non-ignored entries, NaN without positives."""
+    """Reference AP (C,): sklearn per class on the non-ignored entries; NaN without a positive or without a
+    negative (where sklearn's AP is 1 whatever the scores)."""
     keep = np.ones(targets.shape, bool) if ignore is None else ~ignore
     out = []
     for c in range(scores.shape[1]):
         y, s = targets[keep[:, c], c], scores[keep[:, c], c]
-        out.append(average_precision_score(y, s) if y.any() else np.nan)
+        out.append(average_precision_score(y, s) if y.any() and not y.all() else np.nan)
     return np.array(out)
 
 
@@ -38,10 +39,11 @@ def test_ap_matches_sklearn_tie_free(dtype):
 def test_ap_matches_sklearn_heavy_ties(decimals):
     scores, targets, _ = _data(1, decimals=decimals)
     scores[:, 0] = 0.5  # one column entirely tied
-    targets[:, 1] = True  # one column entirely positive
+    targets[:, 1] = True  # one column entirely positive: not ranked, NaN
     assert len(np.unique(scores[:, 2])) < len(scores) // 4
-    np.testing.assert_allclose(average_precision(scores, targets), _sklearn_ap(scores, targets),
-                               rtol=0, atol=1e-9)
+    ap = average_precision(scores, targets)
+    np.testing.assert_allclose(ap, _sklearn_ap(scores, targets), rtol=0, atol=1e-9)
+    assert np.isnan(ap[1]) and np.isfinite(np.delete(ap, 1)).all()
 
 
 @pytest.mark.parametrize("decimals", [None, 1])
@@ -85,6 +87,7 @@ def test_classes_without_positives_are_nan():
 def test_nan_scores_raise():
     scores, targets, _ = _data(4, n=20, c=3)
     targets[:, 0] = True
+    targets[0, 0] = False  # a ranked class (NaN in a class that is not ranked is never looked at)
     scores[5, 0] = np.nan
     with pytest.raises(ValueError):
         average_precision(scores, targets)
@@ -168,7 +171,7 @@ def _sklearn_prf(targets, pred, ignore=None, positive_classes=False):
     """Reference CP, CR, OP, OR: sklearn per class on the non-ignored entries (macro), and micro over them."""
     keep = np.ones(targets.shape, bool) if ignore is None else ~ignore
     t, p = targets & keep, pred & keep  # an ignored entry is neither positive nor predicted
-    labels = np.flatnonzero(t.any(0)) if positive_classes else None
+    labels = np.flatnonzero(t.any(0) & (keep & ~targets).any(0)) if positive_classes else None  # ranked classes
     cp, cr, _, _ = precision_recall_fscore_support(t, p, average="macro", labels=labels, zero_division=0)
     op, orec, of1, _ = precision_recall_fscore_support(t, p, average="micro", zero_division=0)
     return {"CP": cp, "CR": cr, "CF1": 2 * cp * cr / (cp + cr) if cp + cr else 0.0,
@@ -278,3 +281,94 @@ def test_f1_positive_classes_matches_sklearn_labels():
         assert got == pytest.approx(_sklearn_prf(targets, scores >= 0.6, ignore, positive_classes), abs=1e-12)
     none = f1_scores(scores, np.zeros_like(targets), 0.6, positive_classes=True)
     assert np.isnan(none["CF1"]) and none["OF1"] == 0
+
+
+# ------------------------------------------------------------------ classes positive everywhere
+def test_a_class_positive_everywhere_is_left_out_like_one_without_positives():
+    """Its AP is 1 whatever the scores: it is not ranked, so mAP and CF1 are the other classes' means."""
+    scores, targets, rng = _data(13, n=200, c=8)
+    ignore = rng.random(scores.shape) < 0.1
+    targets[:, 2] = True  # positive in every image
+    targets[:, 5] = ~ignore[:, 5]  # positive in every non-ignored image (the ignored ones are negatives)
+    targets[:, 6] = False  # no positive at all
+    assert targets[:, 5].any() and not targets[:, 5].all()
+    ranked = ranked_classes(targets, ignore)
+    assert ranked.tolist() == [True, True, False, True, True, False, False, True]
+    assert np.flatnonzero(always_positive_classes(targets, ignore)).tolist() == [2, 5]
+    assert np.flatnonzero(always_positive_classes(targets)).tolist() == [2]  # without ignore, 5 has negatives
+    ap = average_precision(scores, targets, ignore)
+    assert np.isnan(ap[[2, 5, 6]]).all() and np.isfinite(ap[ranked]).all()
+    np.testing.assert_allclose(ap, _sklearn_ap(scores, targets, ignore), rtol=0, atol=1e-9)
+    keep = ~ignore
+    others = [average_precision_score(targets[keep[:, c], c], scores[keep[:, c], c]) for c in np.flatnonzero(ranked)]
+    assert np.nanmean(ap) == pytest.approx(np.mean(others), abs=1e-12)  # mAP: the mean over the other classes
+    for c in (2, 5):  # what sklearn says about them, whatever the scores
+        for s in (scores[:, c], -scores[:, c], np.zeros(len(scores))):
+            assert average_precision_score(targets[keep[:, c], c], s[keep[:, c]]) == pytest.approx(1.0)
+    sweep = average_precision_sweep(scores, scores[::-1].copy(), [0.0, 0.5], targets, ignore)
+    np.testing.assert_array_equal(sweep[0], ap)
+    assert np.isnan(sweep[:, [2, 5, 6]]).all()
+    # CF1 at a threshold (per class, independent of other columns) over the ranked classes only: dropping
+    # the three left-out columns gives the same macro figures
+    drop = [2, 5, 6]
+    got = f1_scores(scores, targets, 0.6, ignore, positive_classes=True)
+    alone = f1_scores(np.delete(scores, drop, 1), np.delete(targets, drop, 1), 0.6, np.delete(ignore, drop, 1))
+    assert (got["CP"], got["CR"], got["CF1"]) == pytest.approx((alone["CP"], alone["CR"], alone["CF1"]), abs=1e-12)
+    pred = scores >= 0.6
+    assert f1_scores(scores, targets, 0.6, ignore, positive_classes=True) == pytest.approx(
+        _sklearn_prf(targets, pred, ignore, positive_classes=True), abs=1e-12)
+    assert topk_f1_scores(scores, targets, 3, ignore, positive_classes=True) == pytest.approx(
+        _sklearn_prf(targets, _brute_topk(scores, 3, ignore), ignore, positive_classes=True), abs=1e-12)
+    # a split where every class is positive everywhere ranks nothing
+    everywhere = np.ones((4, 3), bool)
+    assert np.isnan(average_precision(scores[:4, :3], everywhere)).all() and not ranked_classes(everywhere).any()
+    assert np.isnan(topk_f1_scores(scores[:4, :3], everywhere, 1, positive_classes=True)["CF1"])
+
+
+def test_the_table_counts_always_positive_classes():
+    """evaluate_stats: n_classes counts the ranked classes, n_always_positive the ones left out for it."""
+    from posthoc_csra.evaluation import COLUMN_HELP, evaluate_stats
+
+    rng = np.random.default_rng(14)
+    n, c = 60, 5
+    targets = rng.random((n, c)) < 0.3
+    targets[:, 1] = True
+    targets[:, 3] = False
+    stats = {"logit_base": (targets + rng.normal(size=(n, c))).astype(np.float32),
+             "logit_att": rng.normal(size=(n, 8, c)).astype(np.float32)}
+    df = evaluate_stats(stats, targets, np.zeros((n, c), bool), [0.5], [1], ["logit"])
+    assert (df["n_classes"] == 3).all() and (df["n_always_positive"] == 1).all()
+    model = df[df["method"] == "model"].iloc[0]
+    expected = np.mean([average_precision_score(targets[:, k], stats["logit_base"][:, k]) for k in (0, 2, 4)])
+    assert model["mAP"] == pytest.approx(100 * expected, abs=1e-9)
+    assert "n_always_positive" in COLUMN_HELP["n_classes"] and "every" in COLUMN_HELP["n_always_positive"]
+
+
+def test_shared_coco_person_is_excluded_and_counted(shared):
+    """On the real COCO images person is positive in all 500: left out of mAP and CF1, and counted."""
+    from posthoc_csra.datasets import parse_dataset
+    from posthoc_csra.evaluation import evaluate_stats
+
+    ds = parse_dataset(f"coco:{shared / 'data' / 'coco2017'}@val2017")
+    t, g = ds.targets(), ds.ignore_mask()
+    person = ds.classes.index("person")
+    assert t[:, person].all() and not g.any()
+    assert np.flatnonzero(always_positive_classes(t, g)).tolist() == [person]
+    ranked = ranked_classes(t, g)
+    assert not ranked[person] and ranked.tolist() == (t.any(0) & ~t.all(0)).tolist()
+    rng = np.random.default_rng(0)
+    n, c = t.shape
+    stats = {"logit_base": (2 * t + rng.normal(size=(n, c))).astype(np.float32),
+             "logit_att": rng.normal(size=(n, 8, c)).astype(np.float32)}
+    df = evaluate_stats(stats, t, g, [0.3], [1], ["logit"], select_on="val", split=ds.split(0.5, 0))
+    assert (df["n_always_positive"] == 1).all()  # person, in the val half and in the test half
+    for name, rows in zip(("val", "test"), ds.split(0.5, 0)):
+        row = df[(df["method"] == "model") & (df["split"] == name)].iloc[0]
+        tr = t[rows]
+        keep = tr.any(0) & ~tr.all(0)
+        assert row["n_classes"] == keep.sum() and not keep[person]
+        aps = [average_precision_score(tr[:, k], stats["logit_base"][rows, k]) for k in np.flatnonzero(keep)]
+        assert row["mAP"] == pytest.approx(100 * np.mean(aps), abs=1e-9)
+        top = topk_f1_scores(stats["logit_base"][rows], tr, 3, positive_classes=True)
+        assert row["CF1@top3"] == pytest.approx(100 * top["CF1"], abs=1e-9)
+    print(f"coco val2017: {int(ranked.sum())} ranked classes; person positive in all {n} images, left out")
