@@ -988,3 +988,46 @@ def test_shared_voc2007_halves_are_disjoint(shared):
     assert halves[0].fingerprint() != halves[1].fingerprint()
     seeded = parse_dataset(f"part:1/2:1:{spec}")
     assert {seeded.image_id(i) for i in range(len(seeded))} != ids[0]
+
+
+def test_fingerprint_values_are_pinned(tmp_path):
+    """Literal values computed with the single-module datasets.py (before the package split): the LabeledImages,
+    Subset and Mosaic formulas over files of fixed bytes and mtimes under a fixed key."""
+    from posthoc_csra.datasets import LabeledImages
+    paths = []
+    for i in range(10):
+        path = tmp_path / f"img{i}.bin"
+        path.write_bytes(bytes([i]) * (100 + 7 * i))
+        os.utime(path, ns=(1_700_000_000_000_000_000 + i, 1_700_000_000_000_000_000 + 1000 * i))
+        paths.append(path)
+    targets = (np.arange(30).reshape(10, 3) % 4 == 0).astype(np.uint8)
+    ignore = np.zeros((10, 3), bool)
+    ignore[2, 1] = True
+    ds = LabeledImages("x", "voc2007:/fixed/VOC2007@test", "voc2007", ["a", "b", "c"], paths,
+                       [f"JPEGImages/{i:06d}.jpg" for i in range(10)], targets, ignore, full_frame=True)
+    assert ds.fingerprint() == "95eacaa73e8c34a889a2bdf85ffb46edc0f47f17a7ad72fe1fb8a311ac15560b"
+    assert Subset("s", ds, 4, 1).fingerprint() == "719a75e9e3ec204ee1c66020c95f7a629c72536276f109860c516dcefbb70474"
+    assert (Mosaic("m", ds, 2, 32, seed=0, count=2).fingerprint()
+            == "62d5cdd4d585e31fdcf01d62ea60335c4d568d9433127c420010829a5bb1ff3f")
+
+
+def test_one_reader_per_module_behind_the_registry():
+    """posthoc_csra.datasets is a package: readers import base only, the registry imports the readers, and
+    the names other modules import from posthoc_csra.datasets stay there."""
+    import ast
+
+    import posthoc_csra.datasets as package
+    folder = Path(package.__file__).parent
+    graph = {p.stem: {n.module for n in ast.parse(p.read_text()).body if isinstance(n, ast.ImportFrom)
+                      and n.level == 1} for p in folder.glob("*.py")}
+    readers = set(graph) - {"__init__", "registry", "base"}
+    assert {"voc", "coco", "imagenet_real", "csv_file", "mosaic", "selection"} <= readers
+    assert graph["base"] == set() and all(graph[r] == {"base"} for r in readers)
+    assert graph["registry"] == readers | {"base"}
+    assert not any("registry" in graph[m] for m in graph if m != "__init__")  # no reader imports the registry
+    for kind in DATASETS.values():
+        module = kind.build.__module__.rsplit(".", 1)[1]
+        assert module in readers, (kind.prefix, module)
+    for name in package.__all__ + ["MOSAIC_VAL_FRACTION"]:
+        assert hasattr(package, name), name
+    from posthoc_csra.datasets import dataset_split, split_indices  # noqa: F401  (evaluation, runner, notebooks)
