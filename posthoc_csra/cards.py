@@ -65,6 +65,28 @@ class Preprocessing:
                    interpolation=str(config["interpolation"]), mean=tuple(float(v) for v in config["mean"]),
                    std=tuple(float(v) for v in config["std"]))
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        """The inverse of ``to_dict`` (a card's or an exported program's ``preprocessing``)."""
+        return cls(img_size=int(data["img_size"]), full_frame=bool(data["full_frame"]),
+                   crop_pct=float(data["crop_pct"]), crop_mode=str(data["crop_mode"]),
+                   interpolation=str(data["interpolation"]), mean=tuple(float(v) for v in data["mean"]),
+                   std=tuple(float(v) for v in data["std"]))
+
+    def to_dict(self) -> dict:
+        return {"img_size": self.img_size, "full_frame": self.full_frame, "crop_pct": self.crop_pct,
+                "crop_mode": self.crop_mode, "interpolation": self.interpolation, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @property
+    def mode(self) -> str:
+        """``"full frame"`` or ``"crop 0.875 (center)"``, as bench's ``preprocessing`` column writes it."""
+        return "full frame" if self.full_frame else f"crop {self.crop_pct:g} ({self.crop_mode})"
+
+    def describe(self) -> str:
+        """``"448 px, full frame"``: for closing lines and figure titles."""
+        return f"{self.img_size} px, {self.mode}"
+
     def data_config(self) -> dict:
         return {"input_size": (3, self.img_size, self.img_size), "interpolation": self.interpolation,
                 "mean": self.mean, "std": self.std, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
@@ -116,15 +138,16 @@ class ScorerCard:
         return self.rule.lam if self.rule.method == "csra" else 0.0
 
     def file_name(self) -> str:
-        """``{model}__{dataset}.json`` with characters other than ``A-Za-z0-9._@-`` replaced by ``_``."""
-        return re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{self.model}__{self.chosen_with.dataset}") + ".json"
+        """``{model}__{dataset}.json`` with each run of characters other than ``A-Za-z0-9._@-`` replaced by one
+        ``_`` (none at the end: ``subset12(voc2007@trainval)`` → ``subset12_voc2007@trainval``)."""
+        return re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{self.model}__{self.chosen_with.dataset}").rstrip("_") + ".json"
 
     def describe(self) -> str:
         heads = ",".join(_temperature_text(t) for t in self.rule.temperatures)
         rule = (f"{self.rule.method}, λ={self.lam:g}, T={{{heads}}}" if self.rule.method == "csra"
                 else self.rule.method)
         test = "" if self.chosen_with.test_mAP is None else f", test mAP {self.chosen_with.test_mAP:.2f}"
-        return (f"{self.model} ({self.weights.label}) @{self.preprocessing.img_size}: {rule}, {self.rule.space} "
+        return (f"{self.model} ({self.weights.label}) at {self.preprocessing.describe()}: {rule}, {self.rule.space} "
                 f"space; chosen on {self.chosen_with.dataset} val mAP {self.chosen_with.val_mAP:.2f}{test}")
 
 
@@ -143,9 +166,7 @@ def card_to_dict(card: ScorerCard) -> dict:
         "format": CARD_FORMAT, "version": card.version,
         "model": card.model, "num_classes": card.num_classes,
         "weights": {"label": card.weights.label, "identity": card.weights.identity},
-        "preprocessing": {"img_size": p.img_size, "full_frame": p.full_frame, "crop_pct": p.crop_pct,
-                          "crop_mode": p.crop_mode, "interpolation": p.interpolation,
-                          "mean": list(p.mean), "std": list(p.std)},
+        "preprocessing": p.to_dict(),
         "method": r.method, "space": r.space, "heads": [_temperature_text(t) for t in r.temperatures],
         "lam": r.lam, "pool": r.pool,
         "val_mAP": c.val_mAP, "test_mAP": _number(c.test_mAP), "n_val": c.n_val, "n_test": c.n_test,
@@ -167,10 +188,7 @@ def card_from_dict(data: dict, source: str = "card") -> ScorerCard:
         card = ScorerCard(
             model=str(data["model"]), num_classes=int(data["num_classes"]),
             weights=Weights(str(data["weights"]["label"]), str(data["weights"]["identity"])),
-            preprocessing=Preprocessing(
-                img_size=int(p["img_size"]), full_frame=bool(p["full_frame"]), crop_pct=float(p["crop_pct"]),
-                crop_mode=str(p["crop_mode"]), interpolation=str(p["interpolation"]),
-                mean=tuple(float(v) for v in p["mean"]), std=tuple(float(v) for v in p["std"])),
+            preprocessing=Preprocessing.from_dict(p),
             rule=Rule(method=str(data["method"]), space=str(data["space"]),
                       temperatures=tuple(parse_temperature(str(t)) for t in data["heads"]),
                       lam=float(data["lam"]), pool=data.get("pool")),
@@ -233,29 +251,49 @@ def check_weights(card: ScorerCard, model: "nn.Module", source: str = "card") ->
     if identity != card.weights.identity:
         raise InputError(
             f"{source} was made with {card.model} weights {card.weights.label} (identity {card.weights.identity}), "
-            f"but the model it is applied to holds {label} (identity {identity}). Fix: load the model with "
-            f"the card's weights (--checkpoint / the same local weights), or make a card for these weights "
-            f"with `posthoc-csra bench --select-on val --save-cards DIR`")
+            f"but the model it is applied to holds {label} (identity {identity}). Fix: load {card.model} with the "
+            f"weights the card names, {card.weights.label} (command line: --checkpoint FILE or the local weights "
+            f"it was made with; library: load_model({card.model!r}, checkpoint=FILE)); the input size does not "
+            f"matter, the card sets it. Or make a card for these weights: `posthoc-csra bench -m {card.model} "
+            f"--select-on val --save-cards DIR ...` with them")
 
 
 # ---------------------------------------------------------------- card → scorer
 def scorer_from_card(card: Union[ScorerCard, PathLike], model: "nn.Module") -> "CSRAScorer":
-    """The ``CSRAScorer`` a card describes (its method, space, heads and λ) on ``model``; InputError for a
-    model with other weights (UnsupportedModelError for a baseline that does not apply to the model)."""
+    """The ``CSRAScorer`` a card describes (its method, space, heads and λ) on ``model``, built for the card's
+    input size; feed it images through ``card.preprocessing.transform()`` (the card's size, crop or full frame).
+
+    The weights are checked by identity (``models.weights_of``), which ignores the size the model was built
+    for: a CNN loaded with a plain ``load_model(name)`` runs a card made at 448 px. InputError for a model
+    with other weights, or for a token model built for another size (the fix: ``load_model(name,
+    img_size=<card's size>)``); UnsupportedModelError for a baseline that does not apply to the model."""
+    from .heads import UnsupportedModelError, default_input_size
     from .scorer import CSRAScorer
 
     source = "card" if isinstance(card, ScorerCard) else f"--card {card}"
     card = card if isinstance(card, ScorerCard) else read_card(card)
     check_weights(card, model, source)
     size = card.preprocessing.img_size
-    return CSRAScorer(model, lam=card.lam, heads=card.rule.temperatures, space=card.rule.space,
-                      input_size=(3, size, size), method=card.rule.method)
+    try:
+        return CSRAScorer(model, lam=card.lam, heads=card.rule.temperatures, space=card.rule.space,
+                          input_size=(3, size, size), method=card.rule.method)
+    except UnsupportedModelError as err:
+        built = default_input_size(model)[-2:]
+        if tuple(built) == (size, size):
+            raise
+        raise InputError(f"{source} runs {card.model} at {size} px, but this model was built for "
+                         f"{built[0]}×{built[1]} px inputs and cannot take {size} px ones ({err}). Fix: load it at "
+                         f"the card's size, load_model({card.model!r}, img_size={size}, ...): the same weights, "
+                         f"the same identity") from None
 
 
 def load_card_scorer(card: Union[ScorerCard, PathLike], checkpoint=None, pretrained: Optional[bool] = None):
-    """(model, scorer) for a card: the model loaded as ``bench`` loads it at the card's size, then checked."""
+    """(model, scorer) for a card: the model loaded once, built for the card's size (as ``bench`` builds it;
+    random weights with bench's seed), then checked against the card's weights identity."""
+    from .runner import prepare_model
+
     card = card if isinstance(card, ScorerCard) else read_card(card)
-    prepared = _prepare(card.model, card.preprocessing.img_size, checkpoint, pretrained)
+    prepared = prepare_model(card.model, card.preprocessing.img_size, checkpoint, pretrained)
     return prepared.net, scorer_from_card(card, prepared.net)
 
 
@@ -322,17 +360,6 @@ def _is_missing(value) -> bool:
     return value is None or (not isinstance(value, (str, tuple, list)) and bool(pd.isna(value)))
 
 
-def _prepare(name: str, img_size: Optional[int], checkpoint, pretrained: Optional[bool]):
-    """The model as ``bench`` loads it for ``img_size``: at its own default size without an img_size option
-    (the weights identity then matches a plain ``load_model(name)``)."""
-    from .runner import prepare_model
-
-    prepared = prepare_model(name, None, checkpoint, pretrained)
-    if img_size is not None and prepared.img_size != img_size:
-        prepared = prepare_model(name, img_size, checkpoint, pretrained)
-    return prepared
-
-
 def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Optional["LoadOptions"] = None,
                      methods: Sequence[str] = METHODS) -> List[ScorerCard]:
     """One card per (model, dataset) of a ``run_bench(..., select_on="val")`` table.
@@ -345,14 +372,14 @@ def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Opt
     import timm
 
     from .options import LoadOptions, ModelSource
-    from .runner import build_dataset
+    from .runner import build_dataset, prepare_model
 
     source, loading = source or ModelSource(), loading or LoadOptions()
     models, cards = {}, []
     for best, test in chosen_rows(table, methods):
         size = None if _is_missing(best["img_size"]) else int(best["img_size"])
         if (best["model"], size) not in models:
-            models[best["model"], size] = _prepare(best["model"], size, source.checkpoint, source.pretrained)
+            models[best["model"], size] = prepare_model(best["model"], size, source.checkpoint, source.pretrained)
         prepared = models[best["model"], size]
         ds = build_dataset(str(best["dataset_spec"]), prepared.img_size, loading)
         full_frame = bool(getattr(ds, "full_frame", False))

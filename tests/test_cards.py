@@ -146,7 +146,75 @@ def test_card_for_other_weights_is_refused(card, tmp_path):
         cards.scorer_from_card(path, other)
     message = str(err.value)
     assert card.weights.identity in message and weights_of(other)[1] in message
-    assert str(path) in message and "Fix:" in message
+    assert str(path) in message and f"Fix: load {MODEL} with the weights the card names, random" in message
+    assert f"load_model({MODEL!r}, checkpoint=FILE)" in message and "the input size does not matter" in message
+
+
+def _file_card(tmp_path, name, size, full_frame=True):
+    """A card for ``name`` at ``size`` px made from weights saved to a file, as bench makes one, and the file."""
+    from posthoc_csra.runner import prepare_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        weights = load_model(name, pretrained=False).state_dict()
+    path = tmp_path / f"{name}.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in weights.items()}, path)
+    prepared = prepare_model(name, size, checkpoint=path)
+    card = cards.ScorerCard(
+        model=name, num_classes=prepared.net.num_classes, weights=cards.Weights(*weights_of(prepared.net)),
+        preprocessing=cards.Preprocessing.from_data_config(prepared.preprocessing[full_frame][1], full_frame),
+        rule=cards.Rule("csra", "prob", (1.0, math.inf), 0.2), timm="test",
+        chosen_with=cards.Choice("voc2007@trainval", "0" * 64, val_mAP=80.0, test_mAP=79.0))
+    return card, path, prepared.net
+
+
+def test_a_448_card_runs_on_a_cnn_loaded_at_its_own_size(tmp_path):
+    """The same weights bytes are the same weights: a card made at 448 px is accepted for load_model(name), and
+    the scorer is built for, and runs at, the card's 448 px."""
+    card, path, built_at_448 = _file_card(tmp_path, "resnet10t", 448)
+    plain = load_model("resnet10t", checkpoint=path)
+    assert plain.pretrained_cfg["input_size"][-1] != 448
+    scorer = CSRAScorer.from_card(card, plain)
+    assert scorer.probe_locations == (448 // 32) ** 2 and card.preprocessing.transform()(
+        Image.new("RGB", (500, 300))).shape == (3, 448, 448)
+    x = torch.randn(2, 3, 448, 448)
+    with torch.no_grad():
+        expected = CSRAScorer(built_at_448, lam=0.2, heads=(1.0, math.inf), space="prob", input_size=(3, 448, 448))(x)
+        assert torch.allclose(scorer(x), expected, atol=1e-6)
+
+
+def test_a_448_card_on_the_shared_lite0_weights(shared):
+    """The reported case: a card made at 448 px for tf_efficientnet_lite0, applied to load_model(name)."""
+    from posthoc_csra.runner import prepare_model
+
+    prepared = prepare_model("tf_efficientnet_lite0", 448)
+    card = cards.ScorerCard(
+        model="tf_efficientnet_lite0", num_classes=1000, weights=cards.Weights(*weights_of(prepared.net)),
+        preprocessing=cards.Preprocessing.from_data_config(prepared.preprocessing[True][1], True),
+        rule=cards.Rule("csra", "prob", HEAD_SETS[4], 0.1), timm="test",
+        chosen_with=cards.Choice("voc2007@trainval", "0" * 64, val_mAP=80.7, test_mAP=80.7))
+    scorer = CSRAScorer.from_card(card, load_model("tf_efficientnet_lite0"))
+    assert scorer.probe_locations == 14 * 14 and card.preprocessing.describe() == "448 px, full frame"
+
+
+def test_a_token_model_built_for_another_size_gets_a_fix_that_works(tmp_path):
+    """vit_tiny_patch16_224 takes only the size it was built for (no dynamic_img_size)."""
+    card, path, _ = _file_card(tmp_path, "vit_tiny_patch16_224", 96)
+    with pytest.raises(InputError) as err:
+        CSRAScorer.from_card(card, load_model("vit_tiny_patch16_224", checkpoint=path))
+    message = str(err.value)
+    assert "built for 224×224 px" in message and "load_model('vit_tiny_patch16_224', img_size=96" in message
+    scorer = CSRAScorer.from_card(card, load_model("vit_tiny_patch16_224", checkpoint=path, img_size=96))  # the fix
+    assert scorer.probe_locations == (96 // 16) ** 2
+
+
+def test_card_file_names_have_no_stray_underscore(card):
+    odd = dataclasses.replace(card, chosen_with=dataclasses.replace(card.chosen_with,
+                                                                    dataset="subset12(voc2007@trainval)"))
+    assert odd.file_name() == f"{MODEL}__subset12_voc2007@trainval.json"
+    assert card.describe().startswith(f"{MODEL} (random) at {IMG} px, crop ")
 
 
 def test_baseline_choice_is_kept_and_scored_by_the_baseline(bench_table, model):
