@@ -4,15 +4,15 @@ How much of a +0.4 mAP is noise? Resample the test images with replacement (B ti
 every method on the *same* resampled images, and take the percentile interval of the B differences
 ``mAP(a) − mAP(b)``. Per resample, AP is ``metrics``' AP (scikit-learn's: non-interpolated, tied scores
 grouped, ignored entries removed) of the resampled rows — an image drawn k times counts k times, its
-copies tied — averaged over the classes that have both a (non-ignored) positive and a negative in that
-resample: a class with no positive has no AP, and one positive in every image has AP 1 under any
-scores, so neither is counted (on the images themselves the same rule applies). Both methods of a pair
+copies tied — averaged over the classes ``metrics.ranked_classes`` ranks in that resample (a non-ignored
+positive and a non-ignored negative: a class with no positive has no AP, and one positive in every image
+has AP 1 under any scores), as the benchmark table does on the images themselves. Both methods of a pair
 always average over the same classes.
 
 The resamples' targets are stacked as B·C columns and their ranking bookkeeping is done once (metrics'
 ranker); each method then costs one gather and one row sort per block of resamples (blocks keep memory
-bounded). Classes that cannot be counted in any resample (no positive or no negative at all) are left
-out before stacking.
+bounded). Classes not ranked on the images themselves cannot be ranked in any resample and are left out
+before stacking.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .metrics import _float_scores, _masks, _Ranker, average_precision
+from .metrics import _float_scores, _masks, _Ranker, average_precision, ranked_classes
 
 __all__ = ["DEFAULT_RESAMPLES", "DEFAULT_SEED", "LEVEL", "Interval", "Resamples", "Scored", "interval",
            "paired_interval", "resample_indices"]
@@ -89,10 +89,8 @@ class Resamples:
                  indices: Optional[np.ndarray] = None, block_entries: int = _BLOCK_ENTRIES):
         pos, ign = _masks(targets, ignore, np.shape(targets))
         self.n, self.n_classes = pos.shape
-        kept = self.n - (0 if ign is None else ign.sum(0))
-        npos = pos.sum(0)
-        #: the classes that can be counted on some resample: a positive and a negative somewhere
-        self.classes = np.flatnonzero((npos > 0) & (npos < kept))
+        #: the classes ranked on the images themselves: the only ones a resample can rank
+        self.classes = np.flatnonzero(ranked_classes(pos, ign))
         self.pos = pos[:, self.classes]
         self.ign = None if ign is None or not ign[:, self.classes].any() else ign[:, self.classes]
         self.indices = (resample_indices(self.n, resamples, seed) if indices is None
@@ -110,22 +108,19 @@ class Resamples:
         return len(self.indices)
 
     def _prepare(self) -> list:
-        """Per block of resamples: (rows (b, M), ranker over the stacked b·K columns, which of the
-        ranker's columns are counted)."""
+        """Per block of resamples: (rows (b, M), ranker over the stacked b·K columns; its ``cls`` are the
+        columns it ranks: ``metrics.ranked_classes`` of each resample)."""
         blocks, k = [], len(self.classes)
         for start in range(0, self.resamples, self.block):
             idx = self.indices[start:start + self.block]
             b, m = idx.shape
             pos = self.pos[idx]  # (b, M, K)
             ign = None if self.ign is None else self.ign[idx]
-            npos = pos.sum(1)
-            counted = (npos > 0) & (npos < m - (0 if ign is None else ign.sum(1)))  # (b, K)
 
             def stack(x):  # (b, M, K) → (M, b·K): column j·K + c is class c of resample j
                 return np.ascontiguousarray(x.transpose(1, 0, 2).reshape(m, b * k))
 
-            ranker = _Ranker(stack(pos), None if ign is None else stack(ign))
-            blocks.append((idx, ranker, counted.reshape(-1)[ranker.cls]))
+            blocks.append((idx, _Ranker(stack(pos), None if ign is None else stack(ign))))
         return blocks
 
     def _check(self, scores) -> np.ndarray:
@@ -135,27 +130,25 @@ class Resamples:
         return s
 
     def aps(self, scores) -> np.ndarray:
-        """(B, C) AP of scores (N, C) on every resample; NaN where a class is not counted."""
+        """(B, C) AP of scores (N, C) on every resample; NaN where a class is not ranked."""
         s = self._check(scores)[:, self.classes]
         if self._blocks is None:
             self._blocks = self._prepare()
         k = len(self.classes)
         out = np.full((self.resamples, k), np.nan)
         start = 0
-        for idx, ranker, counted in self._blocks:
+        for idx, ranker in self._blocks:
             b, m = idx.shape
             # (K, b, M) → (b, K, M) → the ranker's columns (b·K, M), in its order
             sK = s.T[:, idx].transpose(1, 0, 2).reshape(b * k, m)[ranker.cls]
-            ap = ranker.ap(sK)
-            block = out[start:start + b].reshape(-1)  # a view
-            block[ranker.cls[counted]] = ap[counted]
+            out[start:start + b].reshape(-1)[ranker.cls] = ranker.ap(sK)  # a view of out
             start += b
         full = np.full((self.resamples, self.n_classes), np.nan)
         full[:, self.classes] = out
         return full
 
     def maps(self, scores) -> np.ndarray:
-        """(B,) mAP (%) of scores (N, C) on every resample (NaN for a resample without a counted class)."""
+        """(B,) mAP (%) of scores (N, C) on every resample (NaN for a resample without a ranked class)."""
         return _mean_percent(self.aps(scores))
 
     def full_map(self, scores) -> float:
@@ -169,7 +162,7 @@ class Resamples:
 
 
 def _mean_percent(ap: np.ndarray) -> np.ndarray:
-    """(B, C) AP with NaN for classes not counted → (B,) mean in %, NaN where none is counted."""
+    """(B, C) AP with NaN for classes not ranked → (B,) mean in %, NaN where none is."""
     counted = (~np.isnan(ap)).sum(1)
     total = np.where(np.isnan(ap), 0.0, ap).sum(1)
     return np.where(counted > 0, 100 * total / np.maximum(counted, 1), np.nan)

@@ -25,7 +25,7 @@ def _sklearn_map(scores, targets, ignore, rows):
     for c in range(scores.shape[1]):
         keep = ~ignore[rows, c]
         y, s = targets[rows, c][keep], scores[rows, c][keep]
-        if y.any() and not y.all():
+        if y.any() and not y.all():  # what metrics.ranked_classes ranks
             aps.append(average_precision_score(y, s))
     return 100 * np.mean(aps)
 
