@@ -3,8 +3,8 @@
 Computing and drawing are separate (like pytorch-grad-cam's ``show_cam_on_image``): ``explain_image``
 runs one backbone pass, ranks the classes by their CSRA score and returns, per class, the
 per-location scores ``s`` (the input of the CSRA attention, in the chosen space) and the attention
-weights; ``render`` draws them over the region of the photo the model saw, with the model's own crop
-geometry.
+weights; ``render`` draws them over the region of the photo the model saw: the whole photo (full frame,
+the default) or timm's centre crop.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import numpy as np
 from .errors import InputError
 from .parsing import check_img_size, check_topk
 from .spaces import get_space
-from .choices import DEFAULT_MODEL
+from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the option objects are imported where they are used
     from .options import ModelSource, RuleOptions
+    from .runtime import Runtime
 
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT, what timm uses when crop_pct is None
@@ -115,6 +116,7 @@ class Explanation:
     lam: float = 0.1
     temperatures: Tuple[float, ...] = (math.inf,)
     space: str = "logit"
+    preprocessing: str = ""  # how the image was fed to the model: "448 px, full frame", "224 px, crop 0.875 (center)"
 
     @property
     def short_names(self) -> List[str]:
@@ -155,7 +157,8 @@ def default_figure_path(image: Union[str, Path]) -> Path:
 
 
 def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, *, source: "ModelSource" = None,
-                  runtime=None, img_size: Optional[int] = None, classes: Optional[Sequence[str]] = None,
+                  runtime: Union["Runtime", Mapping, None] = None, img_size: Optional[int] = None,
+                  full_frame: bool = DEFAULT_FULL_FRAME, classes: Optional[Sequence[str]] = None,
                   topk: int = 3) -> Explanation:
     """Score one image with the CSRA rule and return per-class score maps (one backbone pass; draws nothing,
     see ``render``).
@@ -163,38 +166,44 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
     Args:
         rule: ``options.RuleOptions`` (λ, heads, space); attention weights softmax(T·s) are kept for every
             finite temperature T of its heads. source: which weights (``options.ModelSource``).
-        runtime: ``runtime.Runtime`` (device, AMP, channels_last; default CPU).
+        runtime: ``runtime.Runtime`` or its fields as a dict (device, AMP, channels_last; default CPU).
+        img_size: the input side (default the model's own). full_frame: the whole image resized to
+            img_size × img_size (default, as ``score``); False: timm's centre crop (objects near the borders
+            are not seen). The result records it (``preprocessing``).
         classes: class names to show (any synonym of the label, case-insensitive); default the
             ``topk`` classes by CSRA score. Shown classes are ordered by CSRA score.
     """
+    from .cards import Preprocessing
+    from .images import load_rgb
+
+    topk, img_size = check_topk(topk), check_img_size(img_size)
+    image = load_rgb(path)  # a missing or broken image fails before torch is imported
+
     import torch
 
-    from .images import load_rgb
-    from .folder import data_transform
+    from .folder import cap_topk, data_transform, make_runtime, memory_guard
     from .models import class_names, load_model
     from .options import ModelSource, RuleOptions
-    from .runtime import Runtime
     from .scorer import CSRAScorer
 
-    rule, source, runtime = rule or RuleOptions(), source or ModelSource(), runtime or Runtime()
-    topk, img_size = check_topk(topk), check_img_size(img_size)
+    rule, source, runtime = rule or RuleOptions(), source or ModelSource(), make_runtime(runtime)
     lam, heads, space = rule.lam, rule.heads, rule.space
-    image = load_rgb(path)
-    net = load_model(model, checkpoint=source.checkpoint, pretrained=source.pretrained,
-                     **({"img_size": img_size} if img_size else {}))
-    names = class_names(net)
-    chosen = match_classes(classes, names) if classes else None
-    transform, config = data_transform(net, img_size)
-    scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
-    scorer.report()
-    with torch.inference_mode(), runtime.autocast():
-        out = scorer.forward_locations(runtime.inputs(transform(image).unsqueeze(0)))
+    with memory_guard(img_size):
+        net = load_model(model, checkpoint=source.checkpoint, pretrained=source.pretrained,
+                         **({"img_size": img_size} if img_size else {}))
+        names = class_names(net)
+        chosen = match_classes(classes, names) if classes else None
+        transform, config = data_transform(net, img_size, full_frame)
+        scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
+        scorer.report()
+        with torch.inference_mode(), runtime.autocast():
+            out = scorer.forward_locations(runtime.inputs(transform(image).unsqueeze(0)))
     with torch.inference_mode():
         base = scorer.score_space.base(out.logits.float())[0]
         s = scorer.location_scores(out.location_logits, space)[0]  # (C, L)
         scores = scorer.score_output(out)[0]
     order = torch.argsort(scores, descending=True, stable=True)
-    keep = order[:min(topk, len(names))] if chosen is None else \
+    keep = order[:cap_topk(topk, len(names))] if chosen is None else \
         order[torch.isin(order, torch.tensor(chosen, device=order.device))]
     grid = tuple(int(v) for v in out.grid)
     maps = s[keep].reshape(len(keep), *grid)
@@ -205,7 +214,7 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
         image=Path(path), model=model, image_size=image.size, crop_box=crop_box(image.size, config), grid=grid,
         classes=idx, names=[names[i] for i in idx], base=base[keep].cpu().numpy(), csra=scores[keep].cpu().numpy(),
         maps=maps.cpu().numpy(), attention=attention, lam=float(lam), temperatures=tuple(scorer.temperatures),
-        space=space)
+        space=space, preprocessing=Preprocessing.from_data_config(config, full_frame).describe())
 
 
 def _upsample(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -266,8 +275,9 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
             ax.set_title(textwrap.fill(title, 44), fontsize=11)
     heads = ",".join(_format_t(t) for t in result.temperatures)
     what = get_space(result.space).location_label
-    fig.suptitle(textwrap.fill(f"{result.image.name} · {result.model} · heads T={{{heads}}} · per-location score "
-                               f"s = {what} on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)",
+    fed = f" at {result.preprocessing}" if result.preprocessing else ""
+    fig.suptitle(textwrap.fill(f"{result.image.name} · {result.model}{fed} · heads T={{{heads}}} · per-location "
+                               f"score s = {what} on a {result.grid[0]}×{result.grid[1]} grid (+ = peak)",
                                int(10 * fig.get_figwidth())), fontsize=12)
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=dpi, format=output.suffix.lower().lstrip("."))

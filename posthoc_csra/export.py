@@ -2,8 +2,9 @@
 
 The program takes (B, 3, S, S) preprocessed images with a dynamic batch B ≥ 1 and returns the
 (B, C) scores of the eager ``CSRAScorer``. It is saved with ``torch.export.save`` together with a
-JSON record (``EXPORT_META``: model, weights, preprocessing, rule, class names, the card used and
-its file's sha256).
+JSON record (``EXPORT_META``: model, weights, ``preprocessing`` — img_size, full_frame, crop_pct,
+crop_mode, interpolation, mean, std, as a scorer card writes it; ``cards.Preprocessing.from_dict(...)
+.transform()`` rebuilds the transform — rule, class names, the card used and its file's sha256).
 Before success is declared the file is loaded back with ``torch.export.load`` and its scores on
 real images are compared with the eager scorer's at batch 1 and at a larger batch. Optionally the
 same program is converted to ONNX (``export_onnx``, the ``onnx`` extra) and checked with onnxruntime.
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
+from .choices import DEFAULT_FULL_FRAME
 from .errors import InputError, MissingInputError, PosthocCsraError
 
 if TYPE_CHECKING:  # torch stays out of import time
     import torch
 
-    from .cards import Rule, ScorerCard
+    from .cards import Preprocessing, Rule, ScorerCard
     from .scorer import CSRAScorer
 
 #: Name of the JSON record saved inside the program file (``torch.export.load(..., extra_files=...)``).
@@ -200,18 +202,17 @@ def export_onnx(program, scorer: "CSRAScorer", images: "torch.Tensor", output: P
     return ExportCheck(tuple(image_names), batch_sizes, diff, atol)
 
 
-def scorer_metadata(scorer: "CSRAScorer", model_name: str, data_config: dict, card: Optional["ScorerCard"] = None,
-                    card_path: Optional[PathLike] = None) -> dict:
-    """The JSON record saved with a program: what it computes, on which preprocessing, from which card."""
+def scorer_metadata(scorer: "CSRAScorer", model_name: str, preprocessing: "Preprocessing",
+                    card: Optional["ScorerCard"] = None, card_path: Optional[PathLike] = None) -> dict:
+    """The JSON record saved with a program: what it computes, on which ``preprocessing`` (the card's
+    fields: img_size, full_frame, crop_pct, crop_mode, interpolation, mean, std), from which card."""
     from .cards import card_record, card_to_dict
     from .models import class_names, weights_of
 
     label, identity = weights_of(scorer.model)
     meta = dict(model=model_name, weights={"label": label, "identity": identity}, method=scorer.method,
                 space=scorer.space, lam=scorer.lam, heads=["inf" if math.isinf(t) else t for t in scorer.temperatures],
-                exact=scorer.exact, data_config={k: list(v) if isinstance(v, tuple) else v
-                                                 for k, v in data_config.items()},
-                classes=class_names(scorer.model))
+                exact=scorer.exact, preprocessing=preprocessing.to_dict(), classes=class_names(scorer.model))
     if card is not None:
         meta["card"] = card_to_dict(card)
     if card_path is not None:
@@ -222,31 +223,42 @@ def scorer_metadata(scorer: "CSRAScorer", model_name: str, data_config: dict, ca
 def export_card(card: PathLike, output: PathLike, checkpoint=None, pretrained: Optional[bool] = None,
                 images: Optional[PathLike] = None, atol: float = ATOL, onnx: Optional[PathLike] = None
                 ) -> ExportResult:
-    """``posthoc-csra export --card``: the card's scorer (weights checked) exported and checked on real images."""
+    """``posthoc-csra export --card``: the card's scorer (weights checked) at the card's preprocessing,
+    exported and checked on real images."""
     from .cards import load_card_scorer, read_card
+    from .folder import memory_guard
 
     scorer_card = read_card(card)
-    _, scorer = load_card_scorer(scorer_card, checkpoint, pretrained)
-    preprocessing = scorer_card.preprocessing
     paths = check_images(images)
-    meta = scorer_metadata(scorer, scorer_card.model, preprocessing.data_config(), scorer_card, card)
+    preprocessing = scorer_card.preprocessing
+    with memory_guard(preprocessing.img_size):
+        _, scorer = load_card_scorer(scorer_card, checkpoint, pretrained)
+    meta = scorer_metadata(scorer, scorer_card.model, preprocessing, scorer_card, card)
     return export_scorer(scorer, load_images(paths, preprocessing.transform()), output, meta, atol,
                          [p.name for p in paths], onnx)
 
 
 def export_model(output: PathLike, rule: "Rule", model: str, checkpoint=None, pretrained: Optional[bool] = None,
                  img_size: Optional[int] = None, images: Optional[PathLike] = None, atol: float = ATOL,
-                 onnx: Optional[PathLike] = None) -> ExportResult:
-    """``posthoc-csra export`` with model and rule options (as ``score``): the model's own preprocessing."""
+                 onnx: Optional[PathLike] = None, full_frame: bool = DEFAULT_FULL_FRAME) -> ExportResult:
+    """``posthoc-csra export`` with model and rule options (as ``score``): the program takes images preprocessed
+    at ``img_size`` (default the model's own), full frame (default, as ``score``) or centre-cropped, as its
+    metadata's ``preprocessing`` records."""
+    from .cards import Preprocessing
+    from .folder import memory_guard
+    from .parsing import check_img_size
     from .runner import prepare_model
     from .scorer import CSRAScorer
 
-    prepared = prepare_model(model, img_size, checkpoint, pretrained)
-    transform, config = prepared.preprocessing[False]
-    scorer = CSRAScorer(prepared.net, lam=rule.lam, heads=rule.temperatures, space=rule.space,
-                        input_size=config["input_size"], method=rule.method)
+    img_size = check_img_size(img_size)
     paths = check_images(images)
-    return export_scorer(scorer, load_images(paths, transform), output, scorer_metadata(scorer, model, config),
+    with memory_guard(img_size):
+        prepared = prepare_model(model, img_size, checkpoint, pretrained)
+        transform, config = prepared.preprocessing[bool(full_frame)]
+        scorer = CSRAScorer(prepared.net, lam=rule.lam, heads=rule.temperatures, space=rule.space,
+                            input_size=config["input_size"], method=rule.method)
+    preprocessing = Preprocessing.from_data_config(config, full_frame)
+    return export_scorer(scorer, load_images(paths, transform), output, scorer_metadata(scorer, model, preprocessing),
                          atol, [p.name for p in paths], onnx)
 
 

@@ -1,27 +1,59 @@
 """Score every image under a folder with a model and the CSRA rule (the library behind ``posthoc-csra score``)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import PosthocCsraError
-from .choices import DEFAULT_MODEL
+from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL, MULTI_OBJECT_IMG_SIZE
 from .parsing import check_img_size, check_topk, format_temperatures, parse_temperatures
 from .tables import check_table_path, write_table
 
 if TYPE_CHECKING:  # the option objects are imported where they are used
     from .options import LoadOptions, ModelSource, RuleOptions
+    from .runtime import Runtime
 
-#: The constant leading columns of a score table: the settings that produced it.
-SETTINGS_COLUMNS = ("model", "weights", "img_size", "space", "lam", "temperatures")
+log = logging.getLogger("posthoc_csra")
+
+#: The constant leading columns of a score table: the settings that produced it. ``preprocessing``:
+#: "full frame" (the whole image resized to img_size) or "crop 0.875 (center)" (timm's eval crop).
+SETTINGS_COLUMNS = ("model", "weights", "img_size", "preprocessing", "space", "lam", "temperatures")
 
 
 class NothingScoredError(PosthocCsraError, RuntimeError):
     """No image under the folder could be scored (or ``strict`` and some failed)."""
+
+
+class OutOfMemoryError(PosthocCsraError, MemoryError):
+    """The backbone did not fit in memory at this input size and batch size; the message names the options."""
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(
+        words in text for words in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+@contextlib.contextmanager
+def memory_guard(img_size: Optional[int], batch_size: Optional[int] = None):
+    """Turn an allocator failure inside the block into one ``OutOfMemoryError`` line naming ``--img-size``
+    (None: the model's own) and ``--batch-size``; every other exception passes unchanged."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        size = f"--img-size {img_size}" if img_size else "the model's own input size"
+        batch = f", --batch-size {batch_size}" if batch_size else ""
+        raise OutOfMemoryError(f"out of memory running the model at {size}{batch}: pass a smaller --img-size "
+                               f"(the model's own size, or {MULTI_OBJECT_IMG_SIZE} for multi-object photos)"
+                               f"{' or a smaller --batch-size' if batch_size else ''}") from None
 
 
 @dataclass
@@ -67,68 +99,96 @@ def data_transform(model, img_size: Optional[int] = None, full_frame: bool = Fal
     return create_transform(**config, is_training=False), config
 
 
+def make_runtime(runtime: Union["Runtime", Mapping, None]) -> "Runtime":
+    """A ``runtime.Runtime``: as given, built from its fields (a dict: the CLI's device options, so torch is
+    imported only after the inputs are checked), or the default (CPU)."""
+    from .runtime import Runtime
+
+    if runtime is None:
+        return Runtime()
+    return Runtime(**runtime) if isinstance(runtime, Mapping) else runtime
+
+
+def cap_topk(topk: int, num_classes: int) -> int:
+    """``topk``, or the class count with one warning line when it asks for more classes than the model has."""
+    if topk > num_classes:
+        log.warning("posthoc-csra: --topk %d is more than the model's %d classes; showing all %d", topk, num_classes,
+                    num_classes)
+    return min(topk, num_classes)
+
+
 def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, *,
-                 source: "ModelSource" = None, loading: "LoadOptions" = None, runtime=None,
-                 img_size: Optional[int] = None, topk: int = 5, all_scores: bool = False,
+                 source: "ModelSource" = None, loading: "LoadOptions" = None,
+                 runtime: Union["Runtime", Mapping, None] = None, img_size: Optional[int] = None,
+                 full_frame: bool = DEFAULT_FULL_FRAME, topk: int = 5, all_scores: bool = False,
                  output: Union[str, Path, None] = None, strict: bool = False,
                  card: Union[str, Path, None] = None) -> ScoreResult:
     """Score every image under ``image_dir``; one row per file, bad files get an ``error``.
 
     rule: ``options.RuleOptions`` (λ, heads, space; default the project's defaults); source: which
     weights (``options.ModelSource``); loading: ``options.LoadOptions`` (batch_size, workers, progress);
-    runtime: ``runtime.Runtime`` (device, AMP, channels_last, compile; default CPU).
+    runtime: ``runtime.Runtime`` or its fields as a dict (device, AMP, channels_last, compile; default CPU).
+    img_size: the input side (default the model's own); full_frame: the whole image resized to
+    img_size × img_size (default; how the benchmark evaluates VOC2007 and how the default rule was chosen),
+    False: timm's own eval transform, which centre-crops.
     ``card``: a scorer card (``bench --save-cards``); it sets the model, img_size, preprocessing and
-    rule (``model``, ``rule`` and ``img_size`` are not used), refuses weights other
+    rule (``model``, ``rule``, ``img_size`` and ``full_frame`` are not used), refuses weights other
     than its own, and the table records it (columns ``method``, ``card``, ``card_sha256``).
 
-    The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, space, λ, temperatures),
-    constant over the rows, so every written file says what produced it. ``output`` (.csv, .json,
-    .parquet) is written atomically; Parquet also stores the settings in its schema metadata.
+    The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, preprocessing, space, λ,
+    temperatures), constant over the rows, so every written file says what produced it. ``output`` (.csv,
+    .json, .parquet) is written atomically; Parquet also stores the settings in its schema metadata.
 
-    Raises NothingScoredError when no image could be scored, or when ``strict`` and any failed; every
-    argument is checked before the model is loaded.
+    Raises NothingScoredError when no image could be scored, or when ``strict`` and any failed. Every
+    argument, the card and the folder (at least one file that opens as an image) are checked before torch
+    is imported and the model loaded.
     """
+    from .cards import Preprocessing, read_card
+    from .images import check_image_folder
+    from .options import LoadOptions, ModelSource, RuleOptions
+
+    rule, source, loading = rule or RuleOptions(), source or ModelSource(), loading or LoadOptions()
+    output = check_table_path(output)
+    topk, img_size = check_topk(topk), check_img_size(img_size)
+    scorer_card = read_card(card) if card is not None else None
+    paths = check_image_folder(image_dir)
+
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
-    from .images import ImageFiles, collate_images, find_images, relative_name
+    from .images import ImageFiles, collate_images, relative_name
     from .models import check_model_name, class_names, load_model, weights_of
-    from .runtime import Runtime
     from .scorer import CSRAScorer
 
-    from .options import LoadOptions, ModelSource, RuleOptions
-
-    rule, source, loading = rule or RuleOptions(), source or ModelSource(), loading or LoadOptions()
-    runtime = runtime or Runtime()
-    output = check_table_path(output)
-    topk, img_size = check_topk(topk), check_img_size(img_size)
+    runtime = make_runtime(runtime)
     lam, space = rule.lam, rule.space
-    checkpoint, pretrained = source.checkpoint, source.pretrained
-    if card is None:
+    if scorer_card is None:
         check_model_name(model)
-        paths = find_images(image_dir)
-        net = load_model(model, checkpoint=checkpoint, pretrained=pretrained,
-                         **({"img_size": img_size} if img_size else {}))
-        transform, config = data_transform(net, img_size)
-        scorer = CSRAScorer(net, lam=lam, heads=rule.temperatures, space=space, input_size=config["input_size"])
+        with memory_guard(img_size, loading.batch_size):
+            net = load_model(model, checkpoint=source.checkpoint, pretrained=source.pretrained,
+                             **({"img_size": img_size} if img_size else {}))
+            transform, config = data_transform(net, img_size, full_frame)
+            scorer = CSRAScorer(net, lam=lam, heads=rule.temperatures, space=space, input_size=config["input_size"])
+        preprocessing = Preprocessing.from_data_config(config, full_frame)
     else:
-        from .cards import load_card_scorer, read_card
+        from .cards import load_card_scorer
 
-        scorer_card = read_card(card)
-        paths = find_images(image_dir)
-        net, scorer = load_card_scorer(scorer_card, checkpoint, pretrained)
-        transform, config = scorer_card.preprocessing.transform(), scorer_card.preprocessing.data_config()
+        preprocessing = scorer_card.preprocessing
+        with memory_guard(preprocessing.img_size, loading.batch_size):
+            net, scorer = load_card_scorer(scorer_card, source.checkpoint, source.pretrained)
+        transform, config = preprocessing.transform(), preprocessing.data_config()
         model, lam, space = scorer_card.model, scorer.lam, scorer.space
     scorer = runtime.prepare(scorer)
     runtime.compile_model(net)
     scorer.report()
     names = class_names(net)
-    topk = min(topk, scorer.num_classes)
+    topk = cap_topk(topk, scorer.num_classes)
     height, width = (int(v) for v in config["input_size"][-2:])
     settings = dict(model=model, weights=weights_of(net)[0], img_size=height if height == width else f"{height}x{width}",
-                    space=space, lam=lam, temperatures=format_temperatures(scorer.temperatures))
-    if card is not None:
+                    preprocessing=preprocessing.mode, space=space, lam=lam,
+                    temperatures=format_temperatures(scorer.temperatures))
+    if scorer_card is not None:
         from .cards import card_record
 
         settings.update(method=scorer.method, **card_record(card))
@@ -138,8 +198,9 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
                                          collate_fn=collate_images, pin_memory=runtime.torch_device.type == "cuda")
     scores = np.full((len(paths), scorer.num_classes), np.nan, dtype=np.float32)
     errors: List[Optional[str]] = [None] * len(paths)
-    with torch.inference_mode(), tqdm(total=len(paths), unit="img", disable=not loading.progress,
-                                      desc=f"scoring {Path(image_dir).name}", file=sys.stderr) as bar:
+    with torch.inference_mode(), memory_guard(height, loading.batch_size), \
+            tqdm(total=len(paths), unit="img", disable=not loading.progress, desc=f"scoring {Path(image_dir).name}",
+                 file=sys.stderr) as bar:
         for images, good, failures in loader:
             for index, error in failures:
                 errors[index] = error
@@ -156,12 +217,15 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :topk]
     top_scores = np.take_along_axis(scores, order, axis=1)
     label_array = np.asarray(names, dtype=object)
+    top = {}
     for rank in range(topk):
-        table[f"top{rank + 1}"] = np.where(ok, label_array[order[:, rank]], None)
-        table[f"top{rank + 1}_score"] = np.where(ok, top_scores[:, rank], np.nan)
+        top[f"top{rank + 1}"] = np.where(ok, label_array[order[:, rank]], None)
+        top[f"top{rank + 1}_score"] = np.where(ok, top_scores[:, rank], np.nan)
+    parts = [table, pd.DataFrame(top, index=table.index)]  # one concat: no column-by-column inserts
     if all_scores:
-        class_columns = unique_column_names(names, reserved=list(table.columns))
-        table = pd.concat([table, pd.DataFrame(scores, columns=class_columns)], axis=1)
+        class_columns = unique_column_names(names, reserved=[*table.columns, *top])
+        parts.append(pd.DataFrame(scores, columns=class_columns, index=table.index))
+    table = pd.concat(parts, axis=1)
     table.attrs.update(settings)
 
     result = ScoreResult(table, int(ok.sum()), int((~ok).sum()), scorer.describe(), output, names, settings)

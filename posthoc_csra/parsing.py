@@ -16,6 +16,11 @@ from .choices import HEAD_SETS, INF, SPACES, check_lam, check_space, resolve_tem
 #: The smallest input side. timm's networks downsample by up to 32 (CNN stages; ViT/Swin patches of
 #: 16 or 32 pixels), so a smaller input leaves less than one location per side to score.
 MIN_IMG_SIZE = 32
+#: The largest input side. timm's classifiers are trained at 160–800 px; one float32 image of 4096² pixels
+#: is already 200 MB and a backbone's activations on it several GB, so larger sides are refused before any
+#: work instead of failing in the allocator (a size below this that still does not fit is reported as
+#: one line too, see ``folder.memory_guard``).
+MAX_IMG_SIZE = 4096
 
 
 def _check_int(value, name: str, minimum: int, meaning: str) -> int:
@@ -40,12 +45,18 @@ def check_workers(workers) -> int:
 
 
 def check_img_size(img_size) -> Optional[int]:
-    """Input side in pixels, ≥ ``MIN_IMG_SIZE``; None keeps the model's own size."""
+    """Input side in pixels, ``MIN_IMG_SIZE`` ≤ N ≤ ``MAX_IMG_SIZE``; None keeps the model's own size."""
     if img_size is None:
         return None
-    return _check_int(img_size, "img_size", MIN_IMG_SIZE,
+    size = _check_int(img_size, "img_size", MIN_IMG_SIZE,
                       f"the input side in pixels: the networks downsample by up to {MIN_IMG_SIZE}, so a smaller "
                       f"input leaves no location to score; leave it out for the model's own size")
+    if size > MAX_IMG_SIZE:
+        gigabytes = 3 * 4 * size * size / 1e9
+        raise InputError(f"img_size must be <= {MAX_IMG_SIZE} (the input side in pixels; classifiers are trained "
+                         f"at 160-800 px): one {size}x{size} image is {gigabytes:.3g} GB as float32 before the "
+                         f"backbone's activations, got {img_size!r}; use e.g. 448 for multi-object photos")
+    return size
 
 
 def parse_img_sizes(values: Union[str, Iterable]) -> Optional[List[Optional[int]]]:
@@ -139,6 +150,6 @@ def parse_temperatures(text: str) -> Tuple[float, ...]:
     return resolve_temperatures(temperatures)
 
 
-__all__ = ["MIN_IMG_SIZE", "check_lam", "check_topk", "check_batch_size", "check_workers", "check_img_size",
+__all__ = ["MIN_IMG_SIZE", "MAX_IMG_SIZE", "check_lam", "check_topk", "check_batch_size", "check_workers", "check_img_size",
            "parse_img_sizes", "parse_lams", "parse_heads", "parse_spaces", "parse_temperature", "parse_temperatures",
            "format_temperatures"]

@@ -1,5 +1,6 @@
 """The CLI package: entry points, --version, lazy imports, no import cycle, and how errors are shown."""
 import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import posthoc_csra
+from posthoc_csra.choices import DEFAULT_HEADS
 from posthoc_csra.cli import main
 from posthoc_csra.errors import InputError
 
@@ -109,11 +111,29 @@ def test_explain_offers_only_the_options_it_uses():
 def test_shared_options_are_the_same_declaration_in_every_command():
     def options(command):
         return {p.name: (tuple(p.opts), p.default, p.help) for p in command.params if isinstance(p, click.Option)}
-    score, bench, explain = (options(main.commands[n]) for n in ("score", "bench", "explain"))
+    score, bench, explain, export = (options(main.commands[n]) for n in ("score", "bench", "explain", "export"))
     for name in ("checkpoint", "random_weights", "device", "amp", "channels_last", "batch_size", "workers", "compile"):
         assert score[name] == bench[name], name
-    for name in ("model", "lam", "heads", "temperatures", "space", "img_size", "device", "amp", "checkpoint"):
+    for name in ("model", "lam", "heads", "temperatures", "space", "img_size", "full_frame", "device", "amp",
+                 "checkpoint"):
         assert score[name] == explain[name], name
+    for name in ("model", "lam", "heads", "temperatures", "space", "img_size", "full_frame", "checkpoint"):
+        assert score[name] == export[name], name
+    assert bench["heads"][1] == str(score["heads"][1]) == str(DEFAULT_HEADS)  # the same default head set
+
+
+def test_defaults_live_in_one_place():
+    from posthoc_csra.choices import DEFAULT_FULL_FRAME, DEFAULT_LAM, DEFAULT_SPACE
+    from posthoc_csra.explain import explain_image
+    from posthoc_csra.export import export_model
+    from posthoc_csra.folder import score_folder
+    from posthoc_csra.options import RuleOptions
+
+    assert RuleOptions() == RuleOptions(DEFAULT_LAM, DEFAULT_HEADS, DEFAULT_SPACE)
+    for function in (score_folder, explain_image, export_model):
+        assert inspect.signature(function).parameters["full_frame"].default is DEFAULT_FULL_FRAME, function
+    assert main.commands["score"].params[[p.name for p in main.commands["score"].params].index("full_frame")] \
+        .default is DEFAULT_FULL_FRAME
 
 
 # ---- errors: a PosthocCsraError is one line, anything else keeps its traceback ---------------------------

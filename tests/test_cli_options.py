@@ -134,8 +134,15 @@ def test_other_bad_score_options(tmp_path, args, option):
     _one_line_error(["score", str(tmp_path), *args], option)
 
 
+def _one_image(folder):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "a.png")
+    return folder
+
+
 def test_text_file_as_checkpoint_is_one_line_about_the_file(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"")
+    _one_image(tmp_path)
     notes = tmp_path / "notes.txt"
     notes.write_text("these are my notes, not weights\n")
     line = _one_line_error(["-q", "score", str(tmp_path), "-m", "resnet18", "--checkpoint", str(notes)],
@@ -144,8 +151,78 @@ def test_text_file_as_checkpoint_is_one_line_about_the_file(tmp_path):
 
 
 def test_bad_device_is_one_line(tmp_path):
-    line = _one_line_error(["score", str(tmp_path), "--device", "gpu"], "device", exit_code=1)
+    line = _one_line_error(["score", str(_one_image(tmp_path)), "--device", "gpu"], "device", exit_code=1)
     assert "cpu, cuda" in line
+
+
+# ---- sizes that cannot fit, top-k above the class count -----------------------------------------------
+
+@pytest.mark.parametrize("command", ["score", "explain", "bench", "export"])
+def test_an_img_size_that_cannot_fit_is_refused_before_any_work(tmp_path, command):
+    args = {"bench": ["bench", "-d", f"csv:{tmp_path}/l.csv"], "export": ["export", "-o", str(tmp_path / "s.pt2")]}
+    line = _one_line_error(args.get(command, [command, str(tmp_path / "a.png")]) + ["--img-size", "100000"],
+                           "--img-size")
+    assert f"<= {parsing.MAX_IMG_SIZE}" in line and "120 GB" in line
+
+
+def test_running_out_of_memory_is_one_line_naming_the_options(tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 19267584000 bytes.")
+    monkeypatch.setattr("posthoc_csra.scorer.CSRAScorer.__init__", no_memory)
+    line = _one_line_error(["-q", "score", str(_one_image(tmp_path)), "-m", "test_resnet", "--random-weights",
+                            "--img-size", "4000", "-b", "8"], "--img-size 4000", exit_code=1)
+    assert "out of memory" in line and "--batch-size 8" in line and "smaller --img-size" in line
+
+
+def test_other_runtime_errors_keep_their_traceback():
+    from posthoc_csra.folder import memory_guard
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with memory_guard(448, 8):
+            raise RuntimeError("shape mismatch")
+
+
+def test_topk_above_the_class_count_is_one_warning_line(tmp_path, caplog):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pandas PerformanceWarning (or any other) for a wide top-k table
+        with caplog.at_level("WARNING", logger="posthoc_csra"):
+            result = CliRunner().invoke(main, ["score", str(_one_image(tmp_path)), "-m", "test_resnet",
+                                               "--random-weights", "--topk", "5000", "--workers", "0",
+                                               "--no-progress", "-o", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    lines = [r.getMessage() for r in caplog.records if "topk" in r.getMessage()]
+    assert lines == ["posthoc-csra: --topk 5000 is more than the model's 1000 classes; showing all 1000"]
+    import pandas as pd
+
+    columns = pd.read_csv(tmp_path / "s.csv").columns
+    assert "top1000_score" in columns and "top1001" not in columns
+
+
+# ---- inputs are checked before torch is imported -------------------------------------------------------
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: ["score", str(d / "nowhere")], "no such file or folder"),
+    (lambda d: ["score", str(d / "notes")], "none is an image Pillow can open"),
+    (lambda d: ["score", str(d / "notes"), "--card", str(d / "card.json")], "--card"),
+    (lambda d: ["explain", str(d / "nowhere.jpg")], "cannot read file"),
+    (lambda d: ["explain", str(d / "notes" / "a.png")], "not an image"),
+    (lambda d: ["export", "--card", str(d / "card.json"), "-o", str(d / "s.pt2")], "--card"),
+])
+def test_input_errors_come_before_torch_is_imported(tmp_path, make_args, message):
+    import subprocess
+    import sys
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.png").write_text("not an image")
+    code = ("import sys\nfrom posthoc_csra.cli import main\n"
+            f"try:\n    main({make_args(tmp_path)!r}, prog_name='posthoc-csra')\n"
+            "except SystemExit as exit:\n    print('exit', exit.code, 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "exit 1 False", result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_errors_are_posthoc_csra_errors():

@@ -87,6 +87,7 @@ def test_clear_errors_for_bad_paths_and_options(tmp_path, lite0_weights):
     assert empty.exit_code != 0 and "no images found" in empty.output
     fmt = _score([str(tmp_path), "-o", str(tmp_path / "x.xlsx")])
     assert fmt.exit_code != 0 and ".parquet" in fmt.output
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")  # inputs are checked first, then the model name
     unknown = _score([str(tmp_path), "--model", "resnet05"])
     assert unknown.exit_code != 0 and "resnet50" in unknown.output
 
@@ -142,11 +143,59 @@ def test_every_output_records_its_settings(two_images, tmp_path, ext):
     assert result.exit_code == 0, result.output
     table = {"csv": pd.read_csv, "parquet": pd.read_parquet,
              "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}[ext](out)
-    expected = dict(model="test_vit", weights="random", img_size=64, space="prob", lam=0.25, temperatures="2,inf")
+    expected = dict(model="test_vit", weights="random", img_size=64, preprocessing="full frame", space="prob",
+                    lam=0.25, temperatures="2,inf")
     assert list(table.columns[:len(SETTINGS_COLUMNS)]) == list(SETTINGS_COLUMNS) == list(expected)
     for column, value in expected.items():
         assert (table[column] == value).all(), column
     assert len(table) == 2 and not list(tmp_path.glob(".*"))  # written atomically: no temp file left
     if ext == "parquet":
         assert read_metadata(out) == expected
-    assert "test_vit (random) at 64 px, prob space, λ=0.25, heads T={2,∞}" in result.output
+    assert "test_vit (random) at 64 px, full frame, prob space, λ=0.25, heads T={2,∞}" in result.output
+
+
+@pytest.mark.parametrize("flag, mode", [(None, "full frame"), ("--full-frame", "full frame"),
+                                        ("--center-crop", "crop 0.875 (center)")])
+def test_full_frame_by_default_centre_crop_on_request_and_recorded(photos, lite0_weights, tmp_path, flag, mode):
+    import torch
+
+    from posthoc_csra import CSRAScorer, load_model
+    from posthoc_csra.folder import data_transform
+    from posthoc_csra.images import load_rgb
+
+    out = tmp_path / "s.csv"
+    result = _score([str(photos / "kite_and_cold.jpg"), "--checkpoint", str(lite0_weights), "--all-scores",
+                     "-o", str(out), *([flag] if flag else [])])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert (table["preprocessing"] == mode).all() and (table["img_size"] == 224).all()
+    assert f"at 224 px, {mode}, prob space" in result.output
+    model = load_model("tf_efficientnet_lite0", checkpoint=lite0_weights)
+    transform, _ = data_transform(model, full_frame=mode == "full frame")
+    with torch.no_grad():
+        expected = CSRAScorer(model, lam=0.1, heads=4, space="prob")(transform(load_rgb(photos / "kite_and_cold.jpg"))[None])
+    scores = torch.tensor(table.iloc[0, -1000:].to_numpy(dtype="float32"))
+    assert torch.allclose(scores, expected[0], atol=1e-5)
+
+
+def test_readme_first_command_scores_the_photos_full_frame(shared, tmp_path, monkeypatch):
+    """README's first command (its score part), run as written from a folder beside ../shared."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    (command,) = re.findall(r"posthoc-csra (score [^&\n]*)", first_block.splitlines()[0])
+    args = [a.replace("../shared", str(shared)) for a in shlex.split(command)]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["-q", *args, "--no-progress", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    output = args[args.index("-o") + 1]
+    table = pd.read_csv(tmp_path / output)
+    assert len(table) == 10 and table["error"].isna().all()
+    assert (table["preprocessing"] == "full frame").all()
+    top = table.set_index("image")
+    assert top.loc["parrot.jpg", "top1"] == "macaw"
+    assert {top.loc["pets.jpg", "top1"], top.loc["pets.jpg", "top2"]} == {"Boston bull, Boston terrier",
+                                                                        "Italian greyhound"}

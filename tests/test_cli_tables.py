@@ -59,3 +59,18 @@ def test_to_markdown_writes_the_published_headline():
 def test_write_text_is_atomic(tmp_path):
     tables.write_text(tmp_path / "a" / "t.md", "| x |\n")
     assert (tmp_path / "a" / "t.md").read_text() == "| x |\n" and len(list((tmp_path / "a").iterdir())) == 1
+
+
+def test_bench_summary_counts_cached_and_failed_passes_apart():
+    """A failed pass came neither from a backbone nor from the cache; the summary says so."""
+    from posthoc_csra.cli.bench import passes_summary
+
+    rows = [dict(model="a", img_size=224, dataset="voc", lam=lam, cached=True, error=None) for lam in (0, 0.1)]
+    rows += [dict(model="b", img_size=224, dataset="voc", lam=lam, cached=False, error=None) for lam in (0, 0.1)]
+    rows += [dict(model="c", img_size=None, dataset="voc", lam=None, cached=None, error="InputError: no weights")]
+    table = pd.DataFrame(rows).astype({"cached": "boolean", "error": "string"})
+    table.attrs["backbone_images"] = 12
+    assert passes_summary(table) == ("backbone pass over 12 image(s), 1 of 3 pass(es) from the statistics cache, "
+                                     "1 failed (see the error column)")
+    assert passes_summary(table[table["model"] == "a"]) == ("backbone pass over 12 image(s), 1 of 1 pass(es) "
+                                                            "from the statistics cache")

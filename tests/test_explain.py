@@ -66,8 +66,16 @@ def test_unknown_class_name_suggests_close_matches():
 
 @pytest.fixture(scope="module")
 def pets(photos, lite0_weights):
+    """At the model's own size with timm's centre crop (--center-crop)."""
     return explain_image(photos / "pets.jpg", "tf_efficientnet_lite0", RuleOptions(lam=0.1, heads=1, space="prob"),
-                         source=ModelSource(checkpoint=lite0_weights), topk=5)
+                         source=ModelSource(checkpoint=lite0_weights), full_frame=False, topk=5)
+
+
+@pytest.fixture(scope="module")
+def pets448(photos, lite0_weights):
+    """Full frame at 448 px: the setting README recommends for photos of several objects."""
+    return explain_image(photos / "pets.jpg", "tf_efficientnet_lite0", RuleOptions(lam=0.1, heads=1, space="prob"),
+                         source=ModelSource(checkpoint=lite0_weights), img_size=448, topk=5)
 
 
 def test_pets_both_breeds_in_top5_ranked_by_csra(pets):
@@ -79,18 +87,28 @@ def test_pets_both_breeds_in_top5_ranked_by_csra(pets):
     assert pets.attention == {}  # no finite temperature, no attention row
 
 
-def test_pets_each_breed_map_peaks_on_its_own_dog(pets):
+@pytest.mark.parametrize("fixture", ["pets", "pets448"])
+def test_pets_each_breed_map_peaks_on_its_own_dog(fixture, request):
     """The greyhound runs on the left of the photo, the Boston bull stands on the right.
 
     Measured in ``prob`` space (softmax over classes at each location). In ``logit`` space the
     greyhound's map is high on both dogs and its argmax falls on the Boston bull (10.5 vs 10.1).
+    Full frame at the model's own 224 px (a 7×7 grid over the whole photo) both maps peak on the
+    wrong dog; at 448 px full frame, as with the crop, each peaks on its own.
     """
+    pets = request.getfixturevalue(fixture)
     width, _ = pets.image_size
     left, top, right, bottom = pets.crop_box
     for name, side in (("Italian greyhound", "left"), ("Boston bull", "right")):
         x, y = pets.peak(pets.short_names.index(name))
         assert left <= x <= right and top <= y <= bottom
         assert (x < width / 2) == (side == "left"), f"{name} map peaks at x={x:.0f} of {width}"
+
+
+def test_pets_448_full_frame_sees_the_whole_photo(pets448):
+    assert pets448.grid == (14, 14) and pets448.crop_box == pytest.approx((0, 0, 512, 430))
+    assert pets448.preprocessing == "448 px, full frame"
+    assert "Italian greyhound" in pets448.short_names and "Boston bull" in pets448.short_names
 
 
 def test_explain_image_computes_render_draws(pets, tmp_path):
@@ -115,9 +133,23 @@ def test_vit_maps_use_the_models_token_grid(photos, tmp_path):
     np.testing.assert_allclose(result.attention[1.0].reshape(1, -1).sum(1), 1.0, rtol=1e-5)
     weights = torch.softmax(torch.from_numpy(result.maps).flatten(1), dim=1).numpy()
     np.testing.assert_allclose(result.attention[1.0].reshape(1, -1), weights, rtol=1e-5)
-    assert result.crop_box == pytest.approx(
-        crop_box((512, 430), {"input_size": (3, 96, 96), "crop_pct": 0.95, "crop_mode": "center"}))
+    assert result.crop_box == pytest.approx((0, 0, 512, 430))  # full frame (the default): the whole photo
+    assert result.preprocessing == "96 px, full frame"
     assert (tmp_path / "vit.png").stat().st_size > 10_000
+
+
+def test_centre_crop_on_request_sees_only_the_middle_of_the_photo(photos):
+    """kite_and_cold.jpg (1352×900): a centre crop drops the people on the left and the kite at the top."""
+    cropped = explain_image(photos / "kite_and_cold.jpg", "test_vit", RuleOptions(heads=1),
+                            source=ModelSource(pretrained=False), img_size=64, full_frame=False, topk=1)
+    whole = explain_image(photos / "kite_and_cold.jpg", "test_vit", RuleOptions(heads=1),
+                          source=ModelSource(pretrained=False), img_size=64, topk=1)
+    assert cropped.crop_box == pytest.approx(
+        crop_box((1352, 900), {"input_size": (3, 64, 64), "crop_pct": 0.95, "crop_mode": "center"}))
+    left, top, right, bottom = cropped.crop_box
+    assert left > 200 and right < 1152 and (right - left) * (bottom - top) < 0.65 * 1352 * 900
+    assert whole.crop_box == pytest.approx((0, 0, 1352, 900))
+    assert (cropped.preprocessing, whole.preprocessing) == ("64 px, crop 0.95 (center)", "64 px, full frame")
 
 
 def test_bad_figure_format_fails_before_any_work(photos, tmp_path, monkeypatch):
@@ -141,7 +173,8 @@ def test_cli_explain_named_classes_default_output(photos, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     rows = [line for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 2 and "Boston bull" in result.stdout and "Italian greyhound" in result.stdout
-    assert "4×4 locations" in result.output and "pets_csra.png" in result.output
+    assert "4×4 locations over the whole 512×430 image [64 px, full frame, prob space" in result.output
+    assert "pets_csra.png" in result.output
     with Image.open(tmp_path / "pets_csra.png") as figure:  # default: <image stem>_csra.png in the cwd
         assert figure.format == "PNG"
 
@@ -152,3 +185,18 @@ def test_cli_explain_unknown_class_is_a_clear_error(photos, tmp_path):
     assert result.exit_code == 1
     assert "unknown class name 'Italian greyhund'" in result.output and "'Italian greyhound'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x.png").exists()
+
+
+def test_cli_explain_center_crop_and_the_figure_title_records_the_preprocessing(photos, tmp_path, monkeypatch):
+    titles = []
+    real_suptitle = __import__("matplotlib.figure", fromlist=["Figure"]).Figure.suptitle
+
+    def suptitle(self, text, **kwargs):
+        titles.append(text.replace("\n", " "))
+        return real_suptitle(self, text, **kwargs)
+    monkeypatch.setattr("matplotlib.figure.Figure.suptitle", suptitle)
+    result = CliRunner().invoke(main, ["explain", str(photos / "pets.jpg"), "-m", "test_vit", "--random-weights",
+                                       "--img-size", "64", "--center-crop", "-k", "1", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 0, result.output
+    assert "over the crop (" in result.output and "[64 px, crop 0.95 (center), prob space" in result.output
+    assert len(titles) == 1 and "test_vit at 64 px, crop 0.95 (center)" in titles[0]

@@ -73,7 +73,9 @@ def test_export_card_exports_the_cards_scorer(photos, tmp_path):
     _, meta = export.load_program(result.path)
     assert meta["card"] == cards.card_to_dict(card) and meta["card_file"] == cards.card_record(path)
     assert (meta["lam"], meta["heads"], meta["space"]) == (0.3, [2.0, "inf"], "logit")
-    assert meta["data_config"]["crop_pct"] == 1.0 and len(meta["classes"]) == card.num_classes
+    assert meta["preprocessing"] == card.preprocessing.to_dict() and meta["preprocessing"]["full_frame"]
+    assert cards.Preprocessing.from_dict(meta["preprocessing"]) == card.preprocessing
+    assert len(meta["classes"]) == card.num_classes
 
 
 def test_export_card_refuses_a_card_for_other_weights(photos, tmp_path):
@@ -116,39 +118,56 @@ def _cli(*args):
     return CliRunner().invoke(main, ["-q", *map(str, args)])
 
 
-def test_bench_cards_then_score_and_export_with_the_card(shared, photos, tmp_path):
-    """bench --save-cards on real VOC images → score --card on the shared photos → export --card."""
+def _weights_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "weights from" in r.getMessage()]
+
+
+def test_bench_cards_then_score_and_export_with_the_card(shared, photos, tmp_path, caplog, monkeypatch):
+    """bench --save-cards on real VOC images at 448 px → score --card on the shared photos → export --card; each
+    command says once where the weights come from."""
     import pandas as pd
 
+    from posthoc_csra import models
     from posthoc_csra.models import load_model, weights_of
 
+    caplog.set_level("INFO", logger="posthoc_csra")
+    monkeypatch.setattr(models, "_ANNOUNCED", set())  # as in a fresh process
     voc = f"subset:12:voc2007:{shared / 'data' / 'voc2007'}@trainval"
     result = _cli("bench", "-m", "tf_efficientnet_lite0", "-d", voc, "--lam", "0,0.5,2", "--heads", "1,4",
-                  "--select-on", "val", "--save-cards", tmp_path / "cards", "--card-methods", "model,csra",
-                  "--cache-dir", tmp_path / "cache", "--workers", "0", "--no-progress")
+                  "--img-size", "448", "--select-on", "val", "--save-cards", tmp_path / "cards",
+                  "--card-methods", "model,csra", "--cache-dir", tmp_path / "cache", "--workers", "0", "--no-progress")
     assert result.exit_code == 0, result.output
+    assert len(_weights_lines(caplog)) == 1, _weights_lines(caplog)
     (path,) = (tmp_path / "cards").iterdir()
+    assert path.name == "tf_efficientnet_lite0__subset12_voc2007@trainval.json"  # no stray "_"
     card = cards.read_card(path)
-    assert f"wrote card {path}" in result.output
+    assert f"wrote card {path}" in result.output and "at 448 px, full frame:" in result.output
     assert card.model == "tf_efficientnet_lite0" and card.chosen_with.dataset == "subset12(voc2007@trainval)"
-    assert card.preprocessing.full_frame and card.chosen_with.test_mAP is not None
-    assert card.weights.identity == weights_of(load_model("tf_efficientnet_lite0"))[1]
+    assert card.preprocessing.full_frame and card.preprocessing.img_size == 448
+    assert card.chosen_with.test_mAP is not None
+    assert card.weights.identity == weights_of(load_model("tf_efficientnet_lite0"))[1]  # the build size is not in it
 
-    result = _cli("score", photos, "--card", path, "-o", tmp_path / "scores.csv", "--all-scores", "--workers", "0",
-                  "--no-progress")
-    assert result.exit_code == 0, result.output
+    for command in ("score", "export"):
+        monkeypatch.setattr(models, "_ANNOUNCED", set())
+        caplog.clear()
+        args = (["score", photos, "-o", tmp_path / "scores.csv", "--all-scores", "--workers", "0", "--no-progress"]
+                if command == "score" else ["export", "-o", tmp_path / "scorer.pt2", "--check-images", photos])
+        result = _cli(*args, "--card", path)
+        assert result.exit_code == 0, result.output
+        assert len(_weights_lines(caplog)) == 1, (command, _weights_lines(caplog))
+        assert "at 448 px, full frame" in result.output
     table = pd.read_csv(tmp_path / "scores.csv")
     record = cards.card_record(path)
     assert (table["card"] == record["card"]).all() and (table["card_sha256"] == record["card_sha256"]).all()
     assert (table["lam"] == card.lam).all() and (table["space"] == card.rule.space).all()
+    assert (table["img_size"] == 448).all() and (table["preprocessing"] == "full frame").all()
 
     result = _cli("score", photos, "--card", path, "--lam", "0.3")
     assert result.exit_code == 2 and "drop --lam" in result.output
+    result = _cli("score", photos, "--card", path, "--center-crop")
+    assert result.exit_code == 2 and "drop --full-frame/--center-crop" in result.output
     result = _cli("score", photos, "--card", path, "--random-weights", "--workers", "0", "--no-progress")
     assert result.exit_code == 1 and card.weights.identity in result.output and "Fix:" in result.output
-
-    result = _cli("export", "--card", path, "-o", tmp_path / "scorer.pt2", "--check-images", photos)
-    assert result.exit_code == 0, result.output
     module, meta = export.load_program(tmp_path / "scorer.pt2")
     assert meta["card_file"] == record and meta["card"] == cards.card_to_dict(card)
     transform = card.preprocessing.transform()
@@ -162,13 +181,19 @@ def test_bench_cards_then_score_and_export_with_the_card(shared, photos, tmp_pat
     assert torch.allclose(torch.tensor(scored.to_numpy(), dtype=torch.float32), scores, rtol=0, atol=1e-4)
 
 
-def test_export_command_with_model_and_rule_options(photos, tmp_path):
+@pytest.mark.parametrize("flag", [None, "--center-crop"])
+def test_export_command_with_model_and_rule_options(photos, tmp_path, flag):
     result = _cli("export", "-m", "test_resnet", "--random-weights", "--img-size", IMG, "--lam", "0.3", "--heads", "2",
-                  "--space", "prob", "-o", tmp_path / "s.pt2", "--check-images", photos / "parrot.jpg")
+                  "--space", "prob", "-o", tmp_path / "s.pt2", "--check-images", photos / "parrot.jpg",
+                  *([flag] if flag else []))
     assert result.exit_code == 0, result.output
     assert "checked against the eager scorer on parrot.jpg at batch 1 and 3" in result.output
     _, meta = export.load_program(tmp_path / "s.pt2")
     assert (meta["model"], meta["lam"], meta["heads"], meta["space"]) == ("test_resnet", 0.3, [1.0, "inf"], "prob")
     assert meta["input_size"] == [3, IMG, IMG] and meta["weights"]["label"] == "random"
+    preprocessing = cards.Preprocessing.from_dict(meta["preprocessing"])  # what README says the program records
+    assert preprocessing.img_size == IMG and preprocessing.full_frame == (flag is None)
+    assert f"at {preprocessing.describe()}, csra" in result.output
+    assert preprocessing.mode == ("full frame" if flag is None else "crop 0.95 (center)")
     result = _cli("export", "-m", "test_resnet", "--random-weights", "-o", tmp_path / "s.onnx")
     assert result.exit_code == 2 and "must end in .pt2" in result.output

@@ -7,6 +7,7 @@ import click
 
 from ..baselines import METHODS
 from ..cards import parse_methods
+from ..choices import DEFAULT_HEADS
 from ..datasets import DATASETS
 from ..errors import InputError
 from ..evaluation import COLUMN_HELP, TOPK
@@ -42,6 +43,18 @@ def markdown_table(table) -> str:
     return to_markdown(table, MARKDOWN_COLUMNS, MARKDOWN_FORMATS)
 
 
+def passes_summary(table) -> str:
+    """What the run computed: images through a backbone, passes read from the statistics cache, passes that
+    failed (a failed pass came from neither)."""
+    keys = ["model", "img_size", "dataset"]
+    passes = table.drop_duplicates(keys)
+    failed = int(passes["error"].notna().sum()) if "error" in passes else 0
+    cached = int(passes["cached"].fillna(False).astype(bool).sum()) if "cached" in passes else 0
+    text = f"backbone pass over {table.attrs.get('backbone_images', 0)} image(s)"
+    text += f", {cached} of {len(passes)} pass(es) from the statistics cache"
+    return text + (f", {failed} failed (see the error column)" if failed else "")
+
+
 def _output_path(path):
     return check_table_path(path, OUTPUT_FORMATS)
 
@@ -51,8 +64,8 @@ sweep_options = OptionGroup("sweep", (
     click.option("--lam", "lams", default="0:1:0.1", show_default=True, callback=checked(parse_lams),
                  help="λ list, each ≥ 0: numbers and start:stop:step ranges (stop included), e.g. 0,0.1,0.3 or "
                       "0:1:0.1. λ=0 (the model itself) is always added as the baseline."),
-    click.option("--heads", default="1", show_default=True, callback=checked(parse_heads),
-                 help="Paper head sets to evaluate, e.g. 1,4,8."),
+    click.option("--heads", default=str(DEFAULT_HEADS), show_default=True, callback=checked(parse_heads),
+                 help="Paper head sets to evaluate, e.g. 1,4,8 (default: score's --heads)."),
     click.option("--space", "spaces", default="logit,prob", show_default=True, callback=checked(parse_spaces),
                  help="Score spaces to evaluate: logit, prob or both."),
     click.option("--img-size", "img_sizes", multiple=True, callback=checked(parse_img_sizes), metavar="N|default",
@@ -185,8 +198,7 @@ def command(models, weights, datasets, sweep, evaluation, output, markdown, card
     if md_path is not None:
         written.append(str(write_text(md_path, text)))
     n_errors = int(table["error"].notna().sum())
-    click.echo(f"{len(table)} row(s), {n_errors} error row(s); backbone pass over "
-               f"{table.attrs.get('backbone_images', 0)} image(s) (the rest came from the statistics cache)"
+    click.echo(f"{len(table)} row(s), {n_errors} error row(s); {passes_summary(table)}"
                + (f"; wrote {', '.join(written)}" if written else ""), err=True)
     if n_errors and n_errors == len(table):
         raise click.ClickException(f"every model/dataset failed; first error: {table['error'].iloc[0]}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from ..spaces import get_space
-from .options import checked, device_options, heads_text, img_size_option, model_option, rule_options, topk_option, \
-    weights_options
+from .options import (checked, device_options, full_frame_option, heads_text, img_size_option, model_option,
+                      rule_options, topk_option, weights_options)
 
 
 def score_table(result) -> str:
@@ -32,38 +32,41 @@ def _figure_path(path):
 @weights_options
 @rule_options
 @img_size_option
+@full_frame_option
 @device_options
 @click.option("--classes", "-c", "class_names", multiple=True, metavar="NAME",
               help="Explain this class (any synonym of its label, case-insensitive; repeat for several). "
                    "Default: the top-k classes by CSRA score.")
-@topk_option(3, "How many top classes to show.")
+@topk_option(3, "How many top classes to show (at most the model's class count).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_figure_path),
               help="Figure file (.png, .jpg, .pdf, .svg). Default: <image stem>_csra.png in the current directory.")
-def command(image, model, weights, rule, img_size, device, class_names, topk, output):
+def command(image, model, weights, rule, img_size, full_frame, device, class_names, topk, output):
     """Draw where each class score comes from: per-location score maps over IMAGE.
 
     For the top-k classes (or --classes), a figure overlays the per-location scores s (in --space)
-    on the region of IMAGE the model sees (its own resize / center-crop), with the base and CSRA
-    scores in each title; heads with a finite temperature T add a row of attention weights
-    softmax(T·s).
+    on the region of IMAGE the model sees — the whole photo (full frame, the default, as `score`)
+    or timm's centre crop (--center-crop) — with the base and CSRA scores in each title and the
+    input size and preprocessing in the figure's title; heads with a finite temperature T add a row
+    of attention weights softmax(T·s).
 
     \b
     Examples:
+      posthoc-csra explain ../shared/data/photos/kite_and_cold.jpg --img-size 448 -k 5
       posthoc-csra explain ../shared/data/photos/pets.jpg --space prob -k 5
       posthoc-csra explain photo.jpg -c "Boston bull" -c "Italian greyhound" --heads 2 -o maps.png
     """
     from ..explain import default_figure_path, explain_image, render
+    from ..options import ModelSource, RuleOptions
 
     output = output or default_figure_path(image)
-    from ..options import ModelSource, RuleOptions
-    from ..runtime import Runtime
-
-    result = explain_image(image, model, RuleOptions(**rule), source=ModelSource(**weights), runtime=Runtime(**device),
-                           img_size=img_size, classes=list(class_names) or None, topk=topk)
+    result = explain_image(image, model, RuleOptions(**rule), source=ModelSource(**weights), runtime=device,
+                           img_size=img_size, full_frame=full_frame, classes=list(class_names) or None, topk=topk)
     written = render(result, output)
     click.echo(score_table(result))
     left, top, right, bottom = result.crop_box
-    click.echo(f"{result.grid[0]}×{result.grid[1]} locations over the crop ({left:.0f}, {top:.0f})–"
-               f"({right:.0f}, {bottom:.0f}) of the {result.image_size[0]}×{result.image_size[1]} image "
-               f"[{result.space} space, λ={result.lam:g}, heads {heads_text(result.temperatures)}]; wrote {written}",
-               err=True)
+    width, height = result.image_size
+    whole = max(abs(a - b) for a, b in zip(result.crop_box, (0, 0, width, height))) < 0.5
+    region = (f"the whole {width}×{height} image" if whole else
+              f"the crop ({left:.0f}, {top:.0f})–({right:.0f}, {bottom:.0f}) of the {width}×{height} image")
+    click.echo(f"{result.grid[0]}×{result.grid[1]} locations over {region} [{result.preprocessing}, {result.space} "
+               f"space, λ={result.lam:g}, heads {heads_text(result.temperatures)}]; wrote {written}", err=True)

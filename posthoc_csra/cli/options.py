@@ -15,9 +15,10 @@ import click
 from click.core import ParameterSource
 
 from ..errors import InputError, PosthocCsraError
-from ..parsing import (check_batch_size, check_img_size, check_lam, check_topk, check_workers,
-                       parse_temperatures)
-from ..choices import AMP_CHOICES, DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_MODEL, DEFAULT_SPACE, HEAD_SETS, SPACES
+from ..parsing import (MAX_IMG_SIZE, MIN_IMG_SIZE, check_batch_size, check_img_size, check_lam, check_topk,
+                       check_workers, parse_temperatures)
+from ..choices import (AMP_CHOICES, DEFAULT_FULL_FRAME, DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_MODEL, DEFAULT_SPACE,
+                       HEAD_SETS, MULTI_OBJECT_IMG_SIZE, SPACES)
 
 
 class OptionError(click.ClickException):
@@ -131,8 +132,10 @@ rule_options = OptionGroup("rule", (
     click.option("--temperatures", callback=checked(parse_temperatures), metavar="T,T,..",
                  help="Explicit temperatures instead of --heads, e.g. 1 or 1,inf."),
     click.option("--space", type=click.Choice(SPACES), default=DEFAULT_SPACE, show_default=True,
-                 help="Rank logits (the paper; sigmoid-trained models) or softmax probabilities "
-                      "(usually better for softmax-trained ImageNet models)."),
+                 help="What the rule ranks: logit = logits + λ·attention over per-location logits (the paper; "
+                      "sigmoid-trained models); prob = softmax p + λ·attention over per-location softmax (better "
+                      "for softmax-trained ImageNet models). prob scores are rankings, not probabilities: they "
+                      "can exceed 1."),
 ), _rule)
 
 
@@ -140,24 +143,39 @@ rule_options = OptionGroup("rule", (
 #: --card FILE (score, export): the scorer ``bench --select-on val --save-cards DIR`` chose.
 card_option = click.option("--card", type=click.Path(dir_okay=False), metavar="FILE",
                            help="A scorer card from `bench --select-on val --save-cards DIR`: the model, img size, "
-                                "preprocessing and rule come from it (instead of --model, --img-size, --lam, "
-                                "--heads/--temperatures, --space); weights other than the card's are refused.")
+                                "preprocessing and rule come from it (instead of --model, --img-size, "
+                                "--full-frame/--center-crop, --lam, --heads/--temperatures, --space); weights other "
+                                "than the card's are refused.")
 #: The options a card sets (by parameter name).
-CARD_SETS = ("model", "img_size", "lam", "heads", "temperatures", "space")
+CARD_SETS = ("model", "img_size", "full_frame", "lam", "heads", "temperatures", "space")
 
 
 def refuse_with_card(card) -> None:
     """OptionError when ``--card`` is given together with an option it sets."""
     ctx = click.get_current_context()
-    given = [f"--{name.replace('_', '-')}" for name in CARD_SETS
-             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    params = {param.name: param for param in ctx.command.params}
+    given = ["/".join([option_name(params[name]), *getattr(params[name], "secondary_opts", [])])
+             for name in CARD_SETS
+             if name in params and ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
     if card is not None and given:
         raise OptionError(f"--card sets the model, img size, preprocessing and rule; drop {', '.join(given)}")
 
 
-# ---------------------------------------------------------------- input size and top-k
-img_size_option = click.option("--img-size", type=int, callback=checked(check_img_size), metavar="N",
-                               help="Input size in pixels, >= 32 (default: the model's own).")
+# ---------------------------------------------------------------- input size, preprocessing and top-k
+img_size_option = click.option(
+    "--img-size", type=int, callback=checked(check_img_size), metavar="N",
+    help=f"Input size in pixels, {MIN_IMG_SIZE}..{MAX_IMG_SIZE} (default: the model's own, which every "
+         f"architecture accepts). For photos of several objects pass {MULTI_OBJECT_IMG_SIZE}: on VOC2007, full "
+         f"frame, prob space, the rule gains +2.25 to +4.14 mAP over the model at {MULTI_OBJECT_IMG_SIZE} px and "
+         f"+0.46 to +1.05 at the models' own sizes (README, Defaults).")
+
+#: --full-frame/--center-crop → ``full_frame`` (score, explain, export).
+full_frame_option = click.option(
+    "--full-frame/--center-crop", "full_frame", default=DEFAULT_FULL_FRAME, show_default=True,
+    help="--full-frame: the whole photo resized to N×N, nothing cut off; how the benchmark evaluates VOC2007 and "
+         "where the default rule was chosen. --center-crop: timm's own eval transform (shorter side to N/crop_pct, "
+         "centre N×N crop), as ImageNet models are evaluated on one-object images; objects near the borders "
+         "are lost.")
 
 
 def topk_option(default: int, help: str):
@@ -193,5 +211,6 @@ def heads_text(temperatures) -> str:
 
 __all__ = ["OptionError", "CommandGroup", "OptionGroup", "checked", "option_name", "model_option",
            "card_option", "CARD_SETS", "refuse_with_card", "weights_options", "rule_options", "img_size_option",
+           "full_frame_option",
            "topk_option", "device_options", "loader_options",
            "progress_option", "heads_text"]
