@@ -20,8 +20,9 @@ DEFAULT_HEADS = 4
 #: a centre crop (timm's own eval transform, ``--center-crop``) cuts off objects near the borders.
 DEFAULT_FULL_FRAME = True
 #: The input size for multi-object photos that README and ``--help`` recommend (``--img-size``; the
-#: default stays each model's own size, which every architecture accepts): on VOC2007 at 448 px full frame
-#: the rule gains +2.25 to +4.14 mAP in prob space, at the models' own sizes +0.46 to +1.05.
+#: default stays each model's own size, which every architecture accepts): on VOC2007 full frame the model
+#: and the rule's gain over it are both larger at 448 px than at the models' own sizes (the published
+#: table's summary lines, ``python benchmarks/published.py``).
 MULTI_OBJECT_IMG_SIZE = 448
 #: Score space names, from the one registry of spaces (``spaces.py``).
 SPACES: Tuple[str, ...] = SPACE_NAMES

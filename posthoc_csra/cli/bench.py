@@ -69,7 +69,7 @@ sweep_options = OptionGroup("sweep", (
     click.option("--space", "spaces", default="logit,prob", show_default=True, callback=checked(parse_spaces),
                  help="Score spaces to evaluate: logit, prob or both."),
     click.option("--img-size", "img_sizes", multiple=True, callback=checked(parse_img_sizes), metavar="N|default",
-                 help="Input size (>= 32, or 'default': the model's own); repeatable or comma-separated "
+                 help="Input size (32..4096, or 'default': the model's own); repeatable or comma-separated "
                       "(e.g. --img-size default,448). Part of the cache key."),
 ))
 

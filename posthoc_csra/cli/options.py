@@ -165,9 +165,9 @@ def refuse_with_card(card) -> None:
 img_size_option = click.option(
     "--img-size", type=int, callback=checked(check_img_size), metavar="N",
     help=f"Input size in pixels, {MIN_IMG_SIZE}..{MAX_IMG_SIZE} (default: the model's own, which every "
-         f"architecture accepts). For photos of several objects pass {MULTI_OBJECT_IMG_SIZE}: on VOC2007, full "
-         f"frame, prob space, the rule gains +2.25 to +4.14 mAP over the model at {MULTI_OBJECT_IMG_SIZE} px and "
-         f"+0.46 to +1.05 at the models' own sizes (README, Defaults).")
+         f"architecture accepts and the scale it was trained at). For photos of several objects pass "
+         f"{MULTI_OBJECT_IMG_SIZE}: on VOC2007 full frame the model is better there and the rule's gain over it "
+         f"several times larger than at the models' own sizes, at about 4x the compute (README, Defaults).")
 
 #: --full-frame/--center-crop → ``full_frame`` (score, explain, export).
 full_frame_option = click.option(
