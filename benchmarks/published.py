@@ -185,6 +185,7 @@ class Intervals:
 
         first = rows.iloc[0]
         model, img_size, dataset = first["model"], int(first["img_size"]), first["dataset"]
+        order = int(rows.index[0])  # rows are written in table order
         cmap = class_map_for(int(info["num_classes"]), ds)
         _, test = dataset_split(ds, evaluation.val_fraction, evaluation.split_seed)
         targets, ignore, classes = ds.targets() > 0, ds.ignore_mask(), np.array(ds.classes)
@@ -200,7 +201,12 @@ class Intervals:
         for space, sr in rows.groupby("space", sort=False):
             rs = Resamples(targets, ignore, resamples=self.resamples, seed=self.seed)
             by_method = {m: g for m, g in sr.groupby("method", sort=False)}
-            chosen = by_method["csra"][by_method["csra"]["selected"].fillna(False).astype(bool)].iloc[0]
+            picked = by_method["csra"][by_method["csra"]["selected"].fillna(False).astype(bool)]
+            if picked.empty:
+                print(f"warning: {model} {dataset} {img_size} {space}: no setting chosen on val (no ranked class "
+                      f"there?); no intervals", file=sys.stderr)
+                continue
+            chosen = picked.iloc[0]
             heads, lam = int(chosen["heads"]), float(chosen["lam"])
             model_scores, csra_scores = scores(space), scores(space, "csra", heads, lam)
             x_model, x_csra = rs.score(model_scores), rs.score(csra_scores)
@@ -222,7 +228,7 @@ class Intervals:
                 m = interval(rs.score(mean_scores), x_model)
                 rho = _spearman(model_scores, mean_scores)
                 entry["mean"] = m
-                self.approx.append(dict(model=model, dataset=suite.label, img_size=img_size, space=space,
+                self.approx.append(dict(_order=order, model=model, dataset=suite.label, img_size=img_size, space=space,
                                         n_test=len(test), the_model=x_model.map, location_mean=x_model.map + m.delta,
                                         delta=m.delta, delta_lo=m.lo, delta_hi=m.hi,
                                         spearman_mean=float(np.nanmean(rho)), spearman_min=float(np.nanmin(rho)),
@@ -233,7 +239,7 @@ class Intervals:
             ap_model = average_precision(model_scores, targets, ignore)
             ap_csra = average_precision(csra_scores, targets, ignore)
             for c in rs.classes:
-                self.per_class.append(dict(model=model, dataset=dataset, img_size=img_size, space=space,
+                self.per_class.append(dict(_order=order, model=model, dataset=dataset, img_size=img_size, space=space,
                                            **{"class": classes[c]}, ap_model=100 * ap_model[c],
                                            ap_csra=100 * ap_csra[c], delta=100 * (ap_csra[c] - ap_model[c])))
             curve = by_method["csra"]
@@ -241,28 +247,33 @@ class Intervals:
             for r in curve.itertuples(index=False):
                 iv = (Interval(0.0, 0.0, 0.0, self.resamples) if r.lam == 0 else
                       interval(rs.score(scores(space, "csra", int(r.heads), float(r.lam))), x_model))
-                self.bands.append(dict(model=model, dataset=dataset, img_size=img_size, space=space,
+                self.bands.append(dict(_order=order, model=model, dataset=dataset, img_size=img_size, space=space,
                                        heads=int(r.heads), lam=float(r.lam), mAP=float(r.mAP), delta=float(r.delta),
                                        delta_lo=iv.lo, delta_hi=iv.hi))
 
 
 def bootstrap_all(table, suite_list: List[Suite], evaluations: dict, loading, cache_dir, resamples: int,
                   seed: int) -> Intervals:
-    """Intervals for every pass of the table, from the statistics cache (no backbone pass)."""
+    """Intervals for every pass of the table, from the statistics cache (no backbone pass). Passes are
+    visited model by model (each model is loaded once, for its weights identity), not table order."""
     from posthoc_csra.bench import load_statistics
 
     out = Intervals(resamples, seed)
     quiet = replace(loading, progress=False)
+    passes = []
     for suite in suite_list:
         rows = table[(table["suite"] == suite.label) & table["error"].isna() & (table["split"] == "test")]
         for (model, img_size), pass_rows in rows.groupby(["model", "img_size"], sort=False):
-            started = time.perf_counter()
-            stats, info, ds = load_statistics(model, suite.spec, quiet, img_size=_asked_size(suite, int(img_size)),
-                                              source=suite.source, cache_dir=cache_dir)
-            out.add_pass(suite, pass_rows, stats, info, ds, evaluations[suite.label])
-            del stats
-            print(f"intervals: {model} @{img_size} on {suite.label}: {time.perf_counter() - started:.1f} s",
-                  file=sys.stderr)
+            asked = _asked_size(suite, int(img_size))
+            passes.append(((str(suite.source.checkpoint), model, asked or 0), suite, pass_rows))
+    for (_, model, asked), suite, pass_rows in sorted(passes, key=lambda p: p[0]):
+        started = time.perf_counter()
+        stats, info, ds = load_statistics(model, suite.spec, quiet, img_size=asked or None, source=suite.source,
+                                          cache_dir=cache_dir)
+        out.add_pass(suite, pass_rows, stats, info, ds, evaluations[suite.label])
+        del stats
+        print(f"intervals: {model} @{pass_rows['img_size'].iloc[0]} on {suite.label}: "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     return out
 
 
@@ -545,12 +556,17 @@ def main(argv=None) -> int:
         if suite.plot:
             lambda_plot(table, out / suite.plot, suite.label, "VOC2007" if suite.label == "voc2007" else "COCO 2017")
     head = headline(table, intervals)
-    approx = pd.DataFrame(intervals.approx)
+
+    def in_table_order(rows: list, columns: Optional[list] = None):
+        frame = pd.DataFrame(rows, columns=None if columns is None else ["_order", *columns])
+        return frame.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+    approx = in_table_order(intervals.approx) if intervals.approx else pd.DataFrame()
     write_table(head, out / "headline.csv")
-    write_table(pd.DataFrame(intervals.bands, columns=["model", "dataset", "img_size", "space", "heads", "lam", "mAP",
-                                                       "delta", "delta_lo", "delta_hi"]), out / "lambda_bands.csv")
-    write_table(pd.DataFrame(intervals.per_class, columns=["model", "dataset", "img_size", "space", "class",
-                                                           "ap_model", "ap_csra", "delta"]), out / "per_class.csv")
+    write_table(in_table_order(intervals.bands, ["model", "dataset", "img_size", "space", "heads", "lam", "mAP",
+                                                 "delta", "delta_lo", "delta_hi"]), out / "lambda_bands.csv")
+    write_table(in_table_order(intervals.per_class, ["model", "dataset", "img_size", "space", "class", "ap_model",
+                                                     "ap_csra", "delta"]), out / "per_class.csv")
     write_table(approx, out / "approximate_heads.csv")
 
     errors = table[table["error"].notna()]
