@@ -128,6 +128,14 @@ def _asked_size(suite: Suite, img_size: int) -> Optional[int]:
     return img_size if img_size in suite.sizes else None
 
 
+def _head_set(row):
+    """A csra row's head set for ``method_scores``: its temperatures when the table has them, else its count."""
+    temps = row.get("temperatures")
+    if temps is not None and not (isinstance(temps, float) and math.isnan(temps)) and str(temps) not in ("", "<NA>"):
+        return tuple(float(x) for x in str(temps).split(","))
+    return int(row["heads"])
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(K,) Spearman correlation per column of a, b (N, K); NaN for a constant column."""
     from scipy.stats import rankdata
@@ -208,7 +216,7 @@ class Intervals:
                 continue
             chosen = picked.iloc[0]
             heads, lam = int(chosen["heads"]), float(chosen["lam"])
-            model_scores, csra_scores = scores(space), scores(space, "csra", heads, lam)
+            model_scores, csra_scores = scores(space), scores(space, "csra", _head_set(chosen), lam)
             x_model, x_csra = rs.score(model_scores), rs.score(csra_scores)
             d = interval(x_csra, x_model)
             if abs(d.delta - float(chosen["delta"])) > 1e-6:
@@ -244,12 +252,12 @@ class Intervals:
                                            ap_csra=100 * ap_csra[c], delta=100 * (ap_csra[c] - ap_model[c])))
             curve = by_method["csra"]
             curve = curve[(curve["lam"] <= BAND_MAX_LAM) | ((curve["heads"] == heads) & (curve["lam"] == lam))]
-            for r in curve.itertuples(index=False):
-                iv = (Interval(0.0, 0.0, 0.0, self.resamples) if r.lam == 0 else
-                      interval(rs.score(scores(space, "csra", int(r.heads), float(r.lam))), x_model))
+            for _, r in curve.iterrows():
+                iv = (Interval(0.0, 0.0, 0.0, self.resamples) if r["lam"] == 0 else
+                      interval(rs.score(scores(space, "csra", _head_set(r), float(r["lam"]))), x_model))
                 self.bands.append(dict(_order=order, model=model, dataset=dataset, img_size=img_size, space=space,
-                                       heads=int(r.heads), lam=float(r.lam), mAP=float(r.mAP), delta=float(r.delta),
-                                       delta_lo=iv.lo, delta_hi=iv.hi))
+                                       heads=int(r["heads"]), lam=float(r["lam"]), mAP=float(r["mAP"]),
+                                       delta=float(r["delta"]), delta_lo=iv.lo, delta_hi=iv.hi))
 
 
 def bootstrap_all(table, suite_list: List[Suite], evaluations: dict, loading, cache_dir, resamples: int,
