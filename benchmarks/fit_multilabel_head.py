@@ -21,9 +21,10 @@ This is a benchmark fixture, not a training feature of the toolkit (which never 
 * Models: default ``tf_efficientnet_lite0,mobilenetv2_100`` (the cheapest pool→linear models of the shared
   manifest). At 448 px the two cost about 15 CPU-minutes (about 10 minutes on 2 idle cores): the backbone
   pass over the 1,000 training images (about 0.4 CPU-s per image and model) and the cross-validation
-  (35 small full-batch fits per model, about one CPU-minute). ``--models`` takes any shared manifest entry whose head is global average pooling
-  then one linear layer (measured: the mean of its per-location logits is its output); any other head (e.g.
-  ``tf_mobilenetv3_small_100``: conv_head + hardswish after the pool) is refused with the reason.
+  (35 small full-batch fits per model, about one CPU-minute). ``--models`` takes any shared manifest entry
+  whose head is global average pooling then one linear layer (measured: the mean of its per-location logits
+  is its output); any other head (e.g. ``tf_mobilenetv3_small_100``: conv_head + hardswish after the pool)
+  is refused with the reason.
 * Manifest entries are keyed by the timm model name (``load_model`` / ``bench`` resolve an entry by the
   model's name or architecture, and timm refuses unknown ``arch.tag`` names), so this manifest is used on its
   own: ``bench --checkpoint <out>/manifest.json``. Each entry also records ``fixture_name`` (e.g.
@@ -48,7 +49,7 @@ import numpy as np
 
 DATASET = "voc2007"
 DEFAULT_MODELS = ("tf_efficientnet_lite0", "mobilenetv2_100")
-#: L2 strengths α of the per-class objective mean BCE + α/2·‖w‖² on standardised features (sklearn: C = 1/(α·n)).
+#: L2 strengths α of the per-class objective mean BCE + α/2·‖w‖² on standardised features (sklearn C=1/(α n)).
 #: On the shared VOC images (Lite0 and MobileNetV2, 5-fold CV on 500 images) the best α was 0.3-1; weaker
 #: regularisation overfits the 1280-d features.
 L2_GRID = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
