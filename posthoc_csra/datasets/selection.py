@@ -91,6 +91,9 @@ def build_subset(spec: str, arg: str, opts: DatasetOptions, inner: MultiLabelDat
     return Subset(spec, inner, n, seed)
 
 
+_PART_STREAM = 0x70617274  # 'part'
+
+
 def partition(n_items: int, k: int, n_parts: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of part ``k`` (1-based) of ``n_parts``: a ``seed``-ed random permutation of
     range(n_items) cut into n_parts consecutive pieces whose sizes differ by at most one (the first
@@ -100,7 +103,9 @@ def partition(n_items: int, k: int, n_parts: int, seed: int = 0) -> np.ndarray:
         raise InputError(f"part: K={k} of N={n_parts}; use 1 <= K <= N")
     if n_parts > n_items:
         raise InputError(f"part: N={n_parts} parts of {n_items} images would leave some empty; use N <= {n_items}")
-    perm = np.random.default_rng(int(seed)).permutation(int(n_items))
+    # its own random stream: a part must not coincide with the val/test halves that split_indices draws
+    # from the same seed (part 2/2 would otherwise be exactly the test half, leaving it no val images)
+    perm = np.random.default_rng([int(seed), _PART_STREAM]).permutation(int(n_items))
     return np.sort(np.array_split(perm, n_parts)[k - 1]).astype(np.int64)
 
 
