@@ -52,6 +52,7 @@ HEADS = "1,4,8"
 BASELINE_METHODS = ("max-pool", "avgmax-pool", "test-time-pool")
 BAND_SIZE = 448  # λ bands, per-class AP and λ plots at this size
 BAND_MAX_LAM = 1.0
+BAND_STEP = 0.1  # λ bands every 0.1 (plus the val choice): each point is a bootstrap of its own
 QUICK_MODELS = ("tf_efficientnet_lite0", "tf_mobilenetv3_small_100")
 ML_LABEL = "voc2007 multi-label head"
 #: Which random halving of the VOC images trains / evaluates the multi-label head (``part:K/2:SEED``; the
@@ -250,7 +251,8 @@ class Intervals:
                                            **{"class": classes[c]}, ap_model=100 * ap_model[c],
                                            ap_csra=100 * ap_csra[c], delta=100 * (ap_csra[c] - ap_model[c])))
             curve = by_method["csra"]
-            curve = curve[(curve["lam"] <= BAND_MAX_LAM) | ((curve["heads"] == heads) & (curve["lam"] == lam))]
+            on_grid = np.isclose(curve["lam"] / BAND_STEP, np.round(curve["lam"] / BAND_STEP))
+            curve = curve[((curve["lam"] <= BAND_MAX_LAM) & on_grid) | ((curve["heads"] == heads) & (curve["lam"] == lam))]
             for _, r in curve.iterrows():
                 iv = (Interval(0.0, 0.0, 0.0, self.resamples) if r["lam"] == 0 else
                       interval(rs.score(scores(space, "csra", _head_set(r), float(r["lam"]))), x_model))
