@@ -3,7 +3,8 @@
 A card holds what is needed to rebuild the chosen scorer and to know where it came from:
 the model and the identity of its weights, the preprocessing (img size, crop or full frame,
 crop_pct...), the method ("csra", "model" = λ 0, or a baseline such as "max-pool"), the score
-space, the heads' temperatures (``math.inf`` written as ``"inf"``), λ, and the val and test mAP it
+space, the heads' temperatures (a list, ``math.inf`` written as ``"inf"``: ``[1]`` is T = 1 alone, the official
+CSRA code's one head, ``["inf"]`` this library's ``heads=1``), λ, and the val and test mAP it
 was chosen with, on which dataset (short name + fingerprint), with which timm.
 
     cards = cards_from_table(table)                  # the selected rows of a bench table
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from .baselines import METHODS
 from .errors import InputError, MissingInputError
-from .parsing import parse_temperature
-from .choices import HEAD_SETS, SPACES
+from .choices import (HEAD_SETS, SPACES, describe_temperatures, format_temperature, parse_temperature,
+                      parse_temperatures, resolve_temperatures)
 
 if TYPE_CHECKING:  # torch stays out of import time
     from torch import nn
@@ -143,9 +144,8 @@ class ScorerCard:
         return re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{self.model}__{self.chosen_with.dataset}").rstrip("_") + ".json"
 
     def describe(self) -> str:
-        heads = ",".join(_temperature_text(t) for t in self.rule.temperatures)
-        rule = (f"{self.rule.method}, λ={self.lam:g}, T={{{heads}}}" if self.rule.method == "csra"
-                else self.rule.method)
+        rule = (f"{self.rule.method}, λ={self.lam:g}, {describe_temperatures(self.rule.temperatures)}"
+                if self.rule.method == "csra" else self.rule.method)
         test = "" if self.chosen_with.test_mAP is None else f", test mAP {self.chosen_with.test_mAP:.2f}"
         return (f"{self.model} ({self.weights.label}) at {self.preprocessing.describe()}: {rule}, {self.rule.space} "
                 f"space; chosen on {self.chosen_with.dataset} val mAP {self.chosen_with.val_mAP:.2f}{test}")
@@ -153,7 +153,16 @@ class ScorerCard:
 
 # ---------------------------------------------------------------- JSON
 def _temperature_text(t: float):
-    return "inf" if math.isinf(t) else t
+    """A card's "heads" entry: a JSON number, or "inf" (JSON has no infinity); ``choices`` writes the text."""
+    return format_temperature(t) if math.isinf(t) else t
+
+
+def _card_temperatures(heads) -> Tuple[float, ...]:
+    """A card's "heads": the list of temperatures it writes (``[1.0, "inf"]``), or, written by hand, a head set in
+    ``choices.HEADS_SYNTAX`` (``4``, ``"T1"``); every spelling is read by ``choices``."""
+    if isinstance(heads, list):
+        return tuple(parse_temperature(t) if isinstance(t, str) else float(t) for t in heads)
+    return resolve_temperatures(heads)
 
 
 def _number(value) -> Optional[float]:
@@ -190,13 +199,13 @@ def card_from_dict(data: dict, source: str = "card") -> ScorerCard:
             weights=Weights(str(data["weights"]["label"]), str(data["weights"]["identity"])),
             preprocessing=Preprocessing.from_dict(p),
             rule=Rule(method=str(data["method"]), space=str(data["space"]),
-                      temperatures=tuple(parse_temperature(str(t)) for t in data["heads"]),
+                      temperatures=_card_temperatures(data["heads"]),
                       lam=float(data["lam"]), pool=data.get("pool")),
             chosen_with=Choice(dataset=str(ds["name"]), fingerprint=str(ds["fingerprint"]),
                                val_mAP=float(data["val_mAP"]), test_mAP=_number(data.get("test_mAP")),
                                n_val=data.get("n_val"), n_test=data.get("n_test")),
             timm=str(data["timm"]), version=int(data["version"]))
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:  # InputError (a bad "heads") is a ValueError too
         raise InputError(f"{source}: malformed scorer card ({type(err).__name__}: {err}); "
                          f"re-make it with `posthoc-csra bench --select-on val --save-cards DIR`") from None
     if card.rule.method not in METHODS:
@@ -298,16 +307,20 @@ def load_card_scorer(card: Union[ScorerCard, PathLike], checkpoint=None, pretrai
 
 
 # ---------------------------------------------------------------- bench table → cards
-def _temperatures(heads) -> Tuple[float, ...]:
-    """A table's heads cell (a head count, also as 4.0 after a CSV round trip, or temperatures "1,inf")
-    → temperatures; missing (method model or a baseline) → H=1."""
+def _temperatures(row: dict) -> Tuple[float, ...]:
+    """A table row's head set: its ``temperatures`` cell ("1,2,4,inf", read by ``choices``), else (a table from
+    before that column) its heads cell (a paper head count, also as 4.0 after a CSV round trip, or temperatures
+    "1,inf"); missing (method model or a baseline) → H=1."""
+    if not _is_missing(row.get("temperatures")):
+        return parse_temperatures(str(row["temperatures"]))
+    heads = row.get("heads")
     if _is_missing(heads):
         return HEAD_SETS[1]
     text = str(heads)
     try:
         count = float(text)
     except ValueError:
-        return tuple(parse_temperature(t) for t in text.split(","))
+        return parse_temperatures(text)
     return HEAD_SETS[int(count)] if count in HEAD_SETS else (count,)
 
 
@@ -328,7 +341,7 @@ _METHOD_RANK = {"model": 0, "csra": 1}
 
 def chosen_rows(table, methods: Sequence[str]) -> List[Tuple[dict, Optional[dict]]]:
     """Per (model, dataset): the selected val row with the best val mAP among ``methods``, and its test row
-    (same img_size, method, space, heads and λ)."""
+    (same img_size, method, space, heads, temperatures and λ)."""
     needed = {"model", "dataset", "dataset_spec", "img_size", "split", "method", "space", "heads", "lam", "selected",
               "mAP"}
     missing = sorted(needed - set(table.columns))
@@ -347,7 +360,9 @@ def chosen_rows(table, methods: Sequence[str]) -> List[Tuple[dict, Optional[dict
         best = group.iloc[0].to_dict()
         test = table[(table["split"] == "test") & (table["model"] == best["model"])
                      & (table["dataset"] == best["dataset"])]
-        for key in ("img_size", "method", "space", "heads", "lam"):
+        for key in ("img_size", "method", "space", "heads", "temperatures", "lam"):
+            if key not in best:  # a table from before the temperatures column
+                continue
             test = test[test[key].isna()] if _is_missing(best[key]) else test[test[key] == best[key]]
         chosen.append((best, test.iloc[0].to_dict() if len(test) else None))
     return chosen
@@ -386,7 +401,7 @@ def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Opt
         method, lam = str(best["method"]), _number(best["lam"])
         if method == "csra" and lam == 0:
             method = "model"
-        rule = Rule(method=method, space=str(best["space"]), temperatures=_temperatures(best["heads"]),
+        rule = Rule(method=method, space=str(best["space"]), temperatures=_temperatures(best),
                     lam=lam or 0.0, pool=None if _is_missing(best.get("pool")) else str(best["pool"]))
         choice = Choice(dataset=str(ds.short_name), fingerprint=ds.fingerprint(), val_mAP=float(best["mAP"]),
                         test_mAP=None if test is None else _number(test["mAP"]), n_val=_count(best.get("n_images")),

@@ -21,7 +21,7 @@ from .errors import InputError
 from .metrics import (always_positive_classes, average_precision, average_precision_sweep, best_f1_threshold,
                       f1_scores, ranked_classes, topk_f1_scores)
 from .spaces import get_space
-from .choices import SPACES, STAT_TEMPERATURES, check_lam, resolve_temperatures
+from .choices import SPACES, STAT_TEMPERATURES, check_lam, format_temperatures, resolve_temperatures
 
 #: Top-k F1: each image predicts its TOPK highest-scoring classes.
 TOPK = 3
@@ -46,7 +46,11 @@ COLUMN_HELP: Dict[str, str] = {
     "method": "model: the model's own scores; csra: the CSRA rule at lam with heads; max-pool, avgmax-pool, "
               "test-time-pool: timm's training-free pooling baselines from the same backbone pass",
     "space": "what is ranked: logit (the model's logits, the paper's rule) or prob (softmax probabilities)",
-    "heads": "csra only: number of heads (the paper's temperature sets) or the explicit temperatures",
+    "heads": "csra only: number of heads H (λ is shared as λ/H); temperatures says which: --heads 1 is T = ∞ (max "
+             "over locations, the paper's 'four lines'), --heads T1 is T = 1 (the official CSRA code's "
+             "MHA(num_heads=1)), both 1 head",
+    "temperatures": "csra only: the head set's temperatures T, comma-separated, inf for max over locations "
+                    "(e.g. inf for --heads 1, 1 for --heads T1, 1,2,4,inf for --heads 4)",
     "lam": "csra only: λ, the weight of the residual attention (0 reproduces the model)",
     "selected": "with --select-on val: True on the val and test rows of the choice with the best val mAP per "
                 "method and space (csra: over heads × λ, ties → smaller λ, then fewer heads); report its "
@@ -191,10 +195,6 @@ def _stat(stats, key: str) -> np.ndarray:
     return np.asarray(stats[key])
 
 
-def _heads_label(heads, temps):
-    return heads if isinstance(heads, int) else ",".join(f"{t:g}" for t in temps)
-
-
 def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES, *, class_map=None,
                    pool: str = "max", select_on: Optional[str] = None, val_fraction: float = 0.5,
                    split_seed: int = 0, split=None, notes: Optional[Dict[str, Optional[str]]] = None):
@@ -203,11 +203,13 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
     stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, 8, C) at ``STAT_TEMPERATURES``, and
     optionally ``{space}@{method}`` (N, C) per pooling baseline (all-NaN: the baseline does not apply).
     targets, ignore: (N, C_dataset); class_map: a ``classmaps.ClassMap`` from the model's classes to the
-    dataset's (its unmapped classes are left out). lams: λ values (0 is always added); heads_list: paper
-    head counts or tuples of temperatures. select_on="val": rows for a val and a test split (``split``
-    = (val_idx, test_idx), else ``datasets.split_indices(N, val_fraction, split_seed)``), with
-    ``selected`` and val-chosen thresholds. notes: per baseline method, why it does not apply to the
-    model (``CSRAScorer.baseline_notes()``); such a method gets rows with that reason in ``note``.
+    dataset's (its unmapped classes are left out). lams: λ values (0 is always added); heads_list: head
+    sets, each a paper head count (1 is T = ∞), a tuple of temperatures or its text (``choices.HEADS_SYNTAX``:
+    "T1" is T = 1 alone); a csra row's ``heads`` is its set's size, ``temperatures`` which temperatures.
+    select_on="val": rows for a val and a test split (``split`` = (val_idx, test_idx), else
+    ``datasets.split_indices(N, val_fraction, split_seed)``), with ``selected`` and val-chosen thresholds.
+    notes: per baseline method, why it does not apply to the model (``CSRAScorer.baseline_notes()``); such a
+    method gets rows with that reason in ``note``.
     """
     import pandas as pd
 
@@ -232,7 +234,8 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
     heads_sets = [(h, resolve_temperatures(h)) for h in heads_list]
     for heads, temps in heads_sets:
         if any(t not in STAT_TEMPERATURES for t in temps):
-            raise InputError(f"heads {heads}: the statistics hold T in {STAT_TEMPERATURES} only")
+            raise InputError(f"heads {heads}: the statistics hold T in ({format_temperatures(STAT_TEMPERATURES)}) "
+                             f"only")
 
     rows: List[dict] = []
 
@@ -255,10 +258,11 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
             _split_metrics(pooled(base), splits))
         for heads, temps in heads_sets:
             att_h = _heads_att(att, temps)
-            label = _heads_label(heads, temps)
+            label = format_temperatures(temps)  # heads: how many; temperatures: which (--heads 1 and T1 differ)
             for lam, per_split in zip(lams, _csra_metrics(base, att_h, lams, len(temps), members, member_pool,
                                                           splits)):
-                add(dict(method="csra", heads=label, lam=lam, _n_heads=len(temps), **common), per_split)
+                add(dict(method="csra", heads=len(temps), temperatures=label, lam=lam, _n_heads=len(temps),
+                         **common), per_split)
         for method in BASELINES:
             key = f"{space.name}@{method}"
             scores = np.asarray(stats[key]) if key in stats else None

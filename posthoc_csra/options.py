@@ -51,14 +51,16 @@ class EvalOptions:
     """What ``run_bench`` evaluates from the cached statistics (no backbone involved).
 
     lams: λ values or a ``parse_lams`` string ("0:1:0.1"); λ=0 (the model) is always evaluated.
-    heads: paper head counts or "1,4,8". spaces: "logit,prob" or a list.
+    heads: head sets (default ``choices.DEFAULT_HEADS``, as ``score`` and ``bench --heads``): "1,4,8,T1"
+    (``choices.HEADS_SYNTAX``; 1 is T = ∞, T1 the official CSRA code's MHA(num_heads=1)) or a list
+    ``[1, 4, (1.0,)]``. spaces: "logit,prob" or a list.
     select_on: None (every row on all images) or "val" (λ chosen on a validation share of
     ``val_fraction`` images, split with ``split_seed``, reported on the disjoint test rest).
     pool: how ImageNet classes pool into a VOC/COCO class in prob space ("max"/"sum").
     """
 
     lams: Tuple[float, ...] = (0.0, 0.1)
-    heads: Tuple[int, ...] = (1,)
+    heads: Tuple[Heads, ...] = (DEFAULT_HEADS,)
     spaces: Tuple[str, ...] = SPACES
     select_on: Optional[str] = None
     val_fraction: float = 0.5

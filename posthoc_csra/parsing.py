@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Union
 
 from .errors import InputError
-from .choices import HEAD_SETS, INF, SPACES, check_lam, check_space, resolve_temperatures
+from .choices import (HEADS_SYNTAX, SPACES, STAT_TEMPERATURES, Heads, check_lam, check_space,
+                      describe_temperatures, format_head_set, format_temperatures, parse_head_set, parse_temperature,
+                      parse_temperatures, resolve_temperatures)
 
 #: The smallest input side. timm's networks downsample by up to 32 (CNN stages; ViT/Swin patches of
 #: 16 or 32 pixels), so a smaller input leaves less than one location per side to score.
@@ -112,12 +114,35 @@ def _items(text) -> list:
     return [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
 
 
-def parse_heads(text: Union[str, Iterable[int]]) -> List[int]:
-    """``"1,4,8"`` → [1, 4, 8] (paper head counts, ``choices.HEAD_SETS``)."""
-    heads = [int(h) for h in _items(text) if str(h).isdigit()]
-    if not heads or len(heads) != len(_items(text)) or any(h not in HEAD_SETS for h in heads):
-        raise InputError(f"bad head list {text!r}: comma-separated head counts from {sorted(HEAD_SETS)}")
-    return list(dict.fromkeys(heads))
+def parse_heads(text: Union[str, int, Iterable[Heads]]) -> List[Heads]:
+    """Bench's head sets: ``"1,4,8,T1,T1+inf"`` (comma-separated, each in ``choices.HEADS_SYNTAX``), one head
+    count, or a list of head sets (``[1, 4, (1.0,)]``) → [1, 4, 8, (1.0,), (1.0, inf)]
+    (``choices.parse_head_set``'s normal forms); duplicates (the same temperatures) dropped, order kept. Every
+    temperature must be one the statistics cache holds (``choices.STAT_TEMPERATURES``: 1..7 and inf), since
+    bench evaluates from it."""
+    if isinstance(text, str):
+        items = [p.strip() for p in text.split(",") if p.strip()]
+    elif isinstance(text, numbers.Integral):
+        items = [text]  # one head count
+    else:
+        items = list(text)  # a list of head sets: (1, 4) is two head counts; one set of temperatures is [(1, inf)]
+    if not items:
+        raise InputError(f"bad head list {text!r}: comma-separated head sets, each {HEADS_SYNTAX}, e.g. 1,4,8,T1")
+    heads, seen = [], set()
+    for item in items:
+        try:
+            value = parse_head_set(item)
+        except InputError as err:
+            raise err if len(items) == 1 else InputError(f"{err} (in the head list {text!r})") from None
+        temperatures = resolve_temperatures(value)
+        missing = [t for t in temperatures if t not in STAT_TEMPERATURES]
+        if missing:
+            raise InputError(f"bad head list {text!r}: bench evaluates from cached statistics, which hold "
+                             f"{describe_temperatures(STAT_TEMPERATURES)} only, not {describe_temperatures(missing)}")
+        if tuple(sorted(temperatures)) not in seen:
+            seen.add(tuple(sorted(temperatures)))
+            heads.append(value)
+    return heads
 
 
 def parse_spaces(text: Union[str, Iterable[str]]) -> List[str]:
@@ -127,29 +152,7 @@ def parse_spaces(text: Union[str, Iterable[str]]) -> List[str]:
     return list(dict.fromkeys(check_space(s) for s in _items(text)))
 
 
-def parse_temperature(text: str) -> float:
-    """``"inf"``/``"∞"`` → math.inf, otherwise a float."""
-    text = text.strip().lower()
-    return INF if text in ("inf", "infinity", "∞") else float(text)
-
-
-def format_temperatures(temperatures) -> str:
-    """(1.0, math.inf) → ``"1,inf"``: the text ``parse_temperatures`` reads back exactly."""
-    def text(t: float) -> str:
-        short = repr(float(t))  # the shortest exact decimal
-        return "inf" if math.isinf(t) else short[:-2] if short.endswith(".0") else short
-    return ",".join(text(t) for t in temperatures)
-
-
-def parse_temperatures(text: str) -> Tuple[float, ...]:
-    """``"1,inf"`` → (1.0, math.inf): explicit head temperatures, each > 0 (checked by ``resolve_temperatures``)."""
-    try:
-        temperatures = tuple(parse_temperature(t) for t in text.split(","))
-    except ValueError:
-        raise InputError(f"bad temperatures {text!r}: expected comma-separated numbers or 'inf', e.g. 1,inf") from None
-    return resolve_temperatures(temperatures)
-
-
 __all__ = ["MIN_IMG_SIZE", "MAX_IMG_SIZE", "check_lam", "check_topk", "check_batch_size", "check_workers", "check_img_size",
-           "parse_img_sizes", "parse_lams", "parse_heads", "parse_spaces", "parse_temperature", "parse_temperatures",
-           "format_temperatures"]
+           "parse_img_sizes", "parse_lams", "parse_heads", "parse_spaces",
+           # head sets: parsed and written in one place, choices.py (re-exported here for the option checks)
+           "parse_head_set", "format_head_set", "parse_temperature", "parse_temperatures", "format_temperatures"]

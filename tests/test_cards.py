@@ -121,6 +121,67 @@ def test_card_json_round_trip_writes_inf_as_text(card, tmp_path):
     assert record["card"] == str(path) and len(record["card_sha256"]) == 64
 
 
+def test_a_t1_card_round_trips_and_is_not_heads_1(card, model, tmp_path):
+    """T = 1 alone (the official CSRA code's MHA(num_heads=1), ``--heads T1``) is written as [1], this library's
+    heads=1 as ["inf"]; both read back as what they are."""
+    t1 = _csra_card(card, lam=0.5, temperatures=(1.0,))
+    (path,) = cards.write_cards([t1], tmp_path / "t1")
+    data = json.loads(path.read_text())
+    assert data["heads"] == [1.0] and cards.read_card(path) == t1 and "T={1}" in t1.describe()
+    scorer = cards.scorer_from_card(path, model)
+    assert scorer.temperatures == (1.0,)
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(scorer(x), CSRAScorer(model, lam=0.5, heads="T1", space=t1.rule.space)(x))
+    one = _csra_card(card, lam=0.5, temperatures=(math.inf,))
+    (path,) = cards.write_cards([one], tmp_path / "one")
+    assert json.loads(path.read_text())["heads"] == ["inf"] and cards.read_card(path) == one
+    assert "T={∞}" in one.describe()
+
+
+@pytest.mark.parametrize("heads, temperatures", [("T1", (1.0,)), ("T1+inf", (1.0, math.inf)), (1, (math.inf,)),
+                                                 ("4", HEAD_SETS[4]), ([1, "inf"], (1.0, math.inf))])
+def test_a_hand_written_card_may_name_heads_in_the_one_spelling(card, tmp_path, heads, temperatures):
+    data = dict(cards.card_to_dict(_csra_card(card)), heads=heads)
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(data))
+    assert cards.read_card(path).rule.temperatures == temperatures
+
+
+def test_chosen_rows_tell_heads_1_from_t1_by_the_temperatures_column():
+    table = _table([dict(method="csra", heads=1, temperatures="inf", lam=0.5, mAP=49.0),
+                    dict(method="csra", heads=1, temperatures="1", lam=0.5, mAP=50.0),
+                    dict(method="csra", heads=1, temperatures="inf", lam=0.5, split="test", mAP=40.0),
+                    dict(method="csra", heads=1, temperatures="1", lam=0.5, split="test", mAP=41.0)])
+    ((best, test),) = cards.chosen_rows(table, ["csra"])
+    assert (best["temperatures"], test["mAP"]) == ("1", 41.0)
+    assert cards._temperatures(best) == (1.0,) and cards._temperatures(dict(best, temperatures="inf")) == (math.inf,)
+    # a table from before the temperatures column: the heads cell alone (a count is the paper's set)
+    assert cards._temperatures({"heads": 1}) == (math.inf,)
+    assert cards._temperatures({"heads": "1,inf"}) == (1.0, math.inf)
+
+
+def test_bench_heads_t1_rows_and_card(tmp_path):
+    """``bench --heads T1`` on a tiny fixture: every CSRA row is one head at T = 1, and so is its card."""
+    folder = tmp_path / "inet"
+    folder.mkdir()
+    for i in range(2, 10):  # val images 2.. all have ReaL labels
+        pixels = np.random.default_rng(i).integers(0, 256, (IMG + 8, IMG + 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{i:08d}.png")
+    result = _cli("bench", "-m", MODEL, "--random-weights", "-d", f"imagenet-real:{folder}", "--img-size", IMG,
+                  "--lam", "0,0.5", "--heads", "T1", "--space", "logit", "--select-on", "val", "--workers", 0,
+                  "--no-progress", "--cache-dir", tmp_path / "cache", "-o", tmp_path / "t.csv",
+                  "--save-cards", tmp_path / "cards", "--card-methods", "csra")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t.csv", dtype={"temperatures": str})
+    csra = table[table["method"] == "csra"]
+    assert len(csra) == 2 * 2 and (csra["temperatures"] == "1").all() and (csra["heads"] == 1).all()
+    assert table[table["method"] != "csra"]["temperatures"].isna().all()
+    assert "| heads | temperatures |" in (tmp_path / "t.md").read_text()
+    (path,) = (tmp_path / "cards").iterdir()
+    card = cards.read_card(path)
+    assert card.rule.temperatures == (1.0,) and json.loads(path.read_text())["heads"] == [1.0]
+
+
 def test_scorer_from_card_is_the_scorer_the_card_describes(card, model):
     chosen = _csra_card(card, lam=0.5, space="prob", temperatures=(1.0, math.inf))
     scorer = cards.scorer_from_card(chosen, model)

@@ -59,6 +59,83 @@ def test_temperatures_round_trip_and_checks():
             parsing.parse_temperatures(bad)
 
 
+# ---- head sets: one spelling (choices.py), read and written in one place --------------------------------
+
+@pytest.mark.parametrize("text, normal, temperatures", [
+    ("1", 1, (math.inf,)),                      # the paper's H=1 here: T = ∞ (the 'four lines')
+    ("4", 4, (1.0, 2.0, 4.0, math.inf)),
+    ("T1", (1.0,), (1.0,)),                     # the official CSRA code's MHA(num_heads=1)
+    ("T1+inf", (1.0, math.inf), (1.0, math.inf)),
+    ("t1 + ∞", (1.0, math.inf), (1.0, math.inf)),
+    ("T1+2+inf", (1.0, 2.0, math.inf), (1.0, 2.0, math.inf)),
+    ("Tinf", (math.inf,), (math.inf,)),
+    ("T0.25+7", (0.25, 7.0), (0.25, 7.0)),
+])
+def test_head_set_spelling_round_trips(text, normal, temperatures):
+    from posthoc_csra import choices
+
+    assert choices.parse_head_set(text) == normal and choices.resolve_temperatures(text) == temperatures
+    written = choices.format_head_set(normal)
+    assert "," not in written  # never clashes with bench's comma-separated list
+    assert choices.parse_head_set(written) == normal and choices.format_head_set(written) == written
+    assert choices.parse_temperatures(choices.format_temperatures(temperatures)) == temperatures
+    # every spelling of one head set is the same head set: a count, temperatures, their text
+    assert choices.resolve_temperatures(normal) == choices.resolve_temperatures(list(temperatures)) == temperatures
+
+
+def test_head_set_text_of_one_and_t1_differ():
+    from posthoc_csra import choices
+
+    assert choices.format_head_set(1) == "1" and choices.format_head_set((1.0,)) == "T1"
+    assert choices.format_temperatures(choices.resolve_temperatures(1)) == "inf"
+    assert choices.format_temperatures(choices.resolve_temperatures("T1")) == "1"
+    assert choices.describe_temperatures(choices.resolve_temperatures("1")) == "T={∞}"
+    assert choices.format_head_set([1, "inf"]) == "T1+inf" and choices.format_head_set("4") == "4"
+
+
+@pytest.mark.parametrize("bad", ["3", "x", "T", "T0", "T-1", "Tx", "1,inf", "inf", "", "4.0", True, 3, [], [0],
+                                 None, 4.0])
+def test_bad_head_sets_say_how_to_write_one(bad):
+    from posthoc_csra import choices
+
+    with pytest.raises(InputError, match="head|temperatures"):
+        choices.parse_head_set(bad)
+
+
+def test_bench_head_lists():
+    assert parsing.parse_heads("1,4,8,T1,T1+inf") == [1, 4, 8, (1.0,), (1.0, math.inf)]
+    assert parsing.parse_heads(" 4 , T1+2+4+inf,t1") == [4, (1.0,)]  # the same temperatures once
+    assert parsing.parse_heads([1, (1.0,), "T2+inf"]) == [1, (1.0,), (2.0, math.inf)]
+    assert parsing.parse_heads((1, 4)) == [1, 4] and parsing.parse_heads(8) == [8]
+    with pytest.raises(InputError, match=r"cached statistics.*T=\{0.5\}"):
+        parsing.parse_heads("1,T0.5+inf")  # the cache holds T = 1..7 and ∞ only
+    with pytest.raises(InputError, match=r"bad heads 'x'.*in the head list '1,x'"):
+        parsing.parse_heads("1,x")
+
+
+def test_eval_options_head_sets_default_to_the_cli_default():
+    from posthoc_csra.choices import DEFAULT_HEADS
+    from posthoc_csra.cli.bench import command as bench
+    from posthoc_csra.options import EvalOptions
+
+    assert EvalOptions().heads == (DEFAULT_HEADS,) == tuple(parsing.parse_heads(
+        next(p for p in bench.params if p.name == "heads").default))
+    assert EvalOptions(heads="1,T1").heads == (1, (1.0,)) and EvalOptions(heads=[4, "T1"]).heads == (4, (1.0,))
+    for bad in ("3", "T0.5"):
+        with pytest.raises(InputError, match="head"):
+            EvalOptions(heads=bad)
+
+
+def test_help_says_heads_1_is_t_inf_and_how_to_name_t_1():
+    helps = {name: " ".join(CliRunner().invoke(main, [name, "--help"], terminal_width=200).output.split())
+             for name in ("score", "explain", "export", "bench")}
+    for name, text in helps.items():
+        assert "1: T={∞}" in text and "1 is T=∞" in text and "four lines" in text, name
+        assert "T1 is T=1 alone" in text and "MHA(num_heads=1)" in text, name
+    assert "e.g. 1,4,8,T1" in helps["bench"]
+    assert "temperatures csra only" in helps["bench"]  # the table's column list has the new column
+
+
 def test_library_uses_the_same_checks(tmp_path):
     from posthoc_csra.explain import explain_image
     from posthoc_csra.folder import score_folder
@@ -127,6 +204,9 @@ def test_batch_size_and_workers(tmp_path, command, flag, value, rule):
     (["--temperatures", "0"], "--temperatures"),
     (["--temperatures", "1,x"], "--temperatures"),
     (["--heads", "4", "--temperatures", "1,inf"], "--temperatures"),
+    (["--heads", "3"], "--heads"),
+    (["--heads", "T0"], "--heads"),
+    (["--heads", "1,inf"], "--heads"),
     (["--checkpoint", ".", "--random-weights"], "--random-weights"),
     (["-o", "scores.xlsx"], "--output"),
 ])

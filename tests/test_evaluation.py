@@ -56,8 +56,8 @@ def test_rows_equal_direct_scorer_map_and_top3_f1(tiny_batch):
         for space, heads, lam in [("logit", 1, 0.5), ("prob", 4, 0.1), ("logit", (2.0, math.inf), 0.1),
                                   ("prob", 1, 0.0)]:
             direct = CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=x.shape[1:])(x).numpy()
-            label = heads if isinstance(heads, int) else "2,inf"
-            row = _row(df, method="csra", space=space, heads=label, lam=lam)
+            n_heads, label = {1: (1, "inf"), 4: (4, "1,2,4,inf")}.get(heads, (2, "2,inf"))  # how many; which
+            row = _row(df, method="csra", space=space, heads=n_heads, temperatures=label, lam=lam)
             assert row["mAP"] == pytest.approx(_map(direct, t, ign), abs=1e-6)
             f1 = topk_f1_scores(direct, t, 3, ign, positive_classes=True)
             assert row[TOP_C] == pytest.approx(100 * f1["CF1"]) and row[TOP_O] == pytest.approx(100 * f1["OF1"])
@@ -70,6 +70,27 @@ def test_rows_equal_direct_scorer_map_and_top3_f1(tiny_batch):
             assert row["delta"] == pytest.approx(row["mAP"] - model["mAP"])
     assert df["selected"].isna().all() and (df["split"] == "all").all()
     assert df[["threshold", "CF1@t", "OF1@t"]].isna().all().all()  # no val split: no threshold, no F1@t
+
+
+def test_heads_1_is_t_inf_and_t1_is_t_1_alone(tiny_batch):
+    """Both are one head: the heads column says how many, the temperatures column which; each row is the
+    scorer at that head set, and T1 (the official CSRA code's MHA(num_heads=1)) is not heads=1."""
+    net, x, ds, stats = tiny_batch
+    t, ign = ds.targets(), ds.ignore_mask()
+    df = evaluate_stats(stats, t, ign, [0.5], [1, "T1", "T1+inf", (1.0, 2.0, 4.0, math.inf)], ["logit", "prob"])
+    csra = df[(df["method"] == "csra") & (df["lam"] == 0.5)]
+    assert csra.groupby("space")["temperatures"].agg(list).to_dict() == {
+        space: ["inf", "1", "1,inf", "1,2,4,inf"] for space in ("logit", "prob")}
+    assert csra.groupby("space")["heads"].agg(list).to_dict() == {space: [1, 1, 2, 4] for space in ("logit", "prob")}
+    assert df[df["method"] != "csra"]["temperatures"].isna().all()
+    with torch.no_grad():
+        for space in ("logit", "prob"):
+            for heads, label in [(1, "inf"), ("T1", "1"), ((1.0,), "1"), ("T1+inf", "1,inf")]:
+                direct = CSRAScorer(net, lam=0.5, heads=heads, space=space, input_size=x.shape[1:])(x).numpy()
+                row = _row(csra, space=space, temperatures=label)
+                assert row["mAP"] == pytest.approx(_map(direct, t, ign), abs=1e-6), (space, heads)
+            one, t1 = _row(csra, space=space, temperatures="inf"), _row(csra, space=space, temperatures="1")
+            assert one["heads"] == t1["heads"] == 1 and one["mAP"] != t1["mAP"]
 
 
 def _synthetic_stats(n=40, c=1000, seed=0, baselines=("max-pool",)):

@@ -104,3 +104,13 @@ def test_logit_space_terms_are_the_papers_attention_in_logit_units(temps):
     assert torch.allclose(terms, expected, atol=1e-5, rtol=1e-5)
     if temps == (math.inf,):
         assert torch.equal(terms[:, 0], z.amax(-1) - classifier.bias)
+
+
+def test_resolve_temperatures_reads_the_one_head_set_spelling():
+    """Text names a head set (choices.HEADS_SYNTAX), never a string of characters: "4" is the paper's 4 heads,
+    "T1" is T = 1 alone (the official CSRA code's MHA(num_heads=1)), 1 is T = ∞."""
+    assert rule.resolve_temperatures("4") == rule.HEAD_SETS[4]
+    assert rule.resolve_temperatures("T1") == (1.0,) and rule.resolve_temperatures(1) == (math.inf,)
+    assert rule.resolve_temperatures("T1+inf") == rule.resolve_temperatures((1, math.inf)) == (1.0, math.inf)
+    with pytest.raises(InputError, match="MHA"):
+        rule.resolve_temperatures("1,inf")

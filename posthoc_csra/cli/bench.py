@@ -14,14 +14,15 @@ from ..evaluation import COLUMN_HELP, TOPK
 from ..executors import EXECUTORS
 from ..parsing import parse_heads, parse_img_sizes, parse_lams, parse_spaces
 from ..tables import check_table_path
-from .options import OptionError, OptionGroup, checked, device_options, loader_options, progress_option, \
-    weights_options
+from .options import HEADS_HELP, HEADS_METAVAR, OptionError, OptionGroup, checked, device_options, loader_options, \
+    progress_option, weights_options
 
 #: --output formats: a data table (a Markdown .md is written beside it) or Markdown only.
 OUTPUT_FORMATS = (".csv", ".parquet", ".json", ".md")
 #: The Markdown view of the benchmark table: which columns, and how numbers are written.
 MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "preprocessing", "split", "n_images", "method", "space", "heads",
-                    "lam", "selected", "mAP", "delta", f"CF1@top{TOPK}", f"OF1@top{TOPK}", "CF1@t", "OF1@t", "error"]
+                    "temperatures", "lam", "selected", "mAP", "delta", f"CF1@top{TOPK}", f"OF1@top{TOPK}", "CF1@t",
+                    "OF1@t", "error"]
 MARKDOWN_FORMATS = {"mAP": ".2f", "delta": "+.2f", f"CF1@top{TOPK}": ".2f", f"OF1@top{TOPK}": ".2f", "CF1@t": ".2f",
                     "OF1@t": ".2f", "lam": "g"}
 
@@ -65,7 +66,10 @@ sweep_options = OptionGroup("sweep", (
                  help="λ list, each ≥ 0: numbers and start:stop:step ranges (stop included), e.g. 0,0.1,0.3 or "
                       "0:1:0.1. λ=0 (the model itself) is always added as the baseline."),
     click.option("--heads", default=str(DEFAULT_HEADS), show_default=True, callback=checked(parse_heads),
-                 help="Paper head sets to evaluate, e.g. 1,4,8 (default: score's --heads)."),
+                 metavar=HEADS_METAVAR + ",..",
+                 help="Head sets to evaluate, comma-separated, e.g. 1,4,8,T1 (default: score's --heads). Each as "
+                      "score's --heads: " + HEADS_HELP + " (temperatures from 1..7 and inf: what the cache holds). "
+                      "The table's heads column is the number of heads, its temperatures column which ones."),
     click.option("--space", "spaces", default="logit,prob", show_default=True, callback=checked(parse_spaces),
                  help="Score spaces to evaluate: logit, prob or both."),
     click.option("--img-size", "img_sizes", multiple=True, callback=checked(parse_img_sizes), metavar="N|default",

@@ -16,9 +16,9 @@ from click.core import ParameterSource
 
 from ..errors import InputError, PosthocCsraError
 from ..parsing import (MAX_IMG_SIZE, MIN_IMG_SIZE, check_batch_size, check_img_size, check_lam, check_topk,
-                       check_workers, parse_temperatures)
+                       check_workers, parse_head_set, parse_temperatures)
 from ..choices import (AMP_CHOICES, DEFAULT_FULL_FRAME, DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_MODEL, DEFAULT_SPACE,
-                       HEAD_SETS, MULTI_OBJECT_IMG_SIZE, SPACES)
+                       HEAD_SETS, MULTI_OBJECT_IMG_SIZE, SPACES, describe_temperatures)
 
 
 class OptionError(click.ClickException):
@@ -112,25 +112,30 @@ weights_options = OptionGroup("weights", (
 
 
 # ---------------------------------------------------------------- the rule
-def _format_t(t: float) -> str:
-    return "∞" if t == float("inf") else f"{t:g}"
+#: The metavar of every --heads option (``choices.HEADS_SYNTAX``).
+HEADS_METAVAR = "1|2|4|6|8|T<t>[+<t>..]"
+#: What a head set is on the command line, said once for score, explain, export and bench.
+HEADS_HELP = ("a head count names the paper's temperature set (" + "; ".join(
+    f"{h}: {describe_temperatures(ts)}" for h, ts in HEAD_SETS.items()) + "): 1 is T=∞, max over locations, the "
+    "paper's 'four lines' mean z + λ·max z; or T and explicit temperatures joined by +: T1 is T=1 alone, what the "
+    "official CSRA code's MHA(num_heads=1) computes (not this 1), T1+inf two heads, T1+2+inf three")
 
 
 def _rule(lam, heads, temperatures, space) -> dict:
     if temperatures is not None and click.get_current_context().get_parameter_source("heads") != ParameterSource.DEFAULT:
         raise OptionError("pass either --heads or --temperatures, not both")
-    return dict(lam=lam, heads=temperatures or int(heads), space=space)
+    return dict(lam=lam, heads=temperatures or heads, space=space)
 
 
 #: → ``rule``: dict(lam, heads, space) for the scorer (heads: a head count or explicit temperatures).
 rule_options = OptionGroup("rule", (
     click.option("--lam", type=float, default=DEFAULT_LAM, show_default=True, callback=checked(check_lam),
                  help="λ ≥ 0, the weight of the attention term; 0 reproduces the model."),
-    click.option("--heads", type=click.Choice([str(h) for h in HEAD_SETS]), default=str(DEFAULT_HEADS), show_default=True,
-                 help="Paper head set: " + "; ".join(f"{h}: T={{{','.join(_format_t(t) for t in ts)}}}"
-                                                     for h, ts in HEAD_SETS.items()) + "."),
-    click.option("--temperatures", callback=checked(parse_temperatures), metavar="T,T,..",
-                 help="Explicit temperatures instead of --heads, e.g. 1 or 1,inf."),
+    click.option("--heads", default=str(DEFAULT_HEADS), show_default=True, callback=checked(parse_head_set),
+                 metavar=HEADS_METAVAR, help="The head set: " + HEADS_HELP + "."),
+    # Before --heads took T1+inf: the same temperatures comma-separated (1,inf); kept working, not shown.
+    click.option("--temperatures", callback=checked(parse_temperatures), metavar="T,T,..", hidden=True,
+                 help="Explicit temperatures, comma-separated: the same as --heads T<t>+<t>.."),
     click.option("--space", type=click.Choice(SPACES), default=DEFAULT_SPACE, show_default=True,
                  help="What the rule ranks: logit = logits + λ·attention over per-location logits (the paper; "
                       "sigmoid-trained models); prob = softmax p + λ·attention over per-location softmax (better "
@@ -144,7 +149,7 @@ rule_options = OptionGroup("rule", (
 card_option = click.option("--card", type=click.Path(dir_okay=False), metavar="FILE",
                            help="A scorer card from `bench --select-on val --save-cards DIR`: the model, img size, "
                                 "preprocessing and rule come from it (instead of --model, --img-size, "
-                                "--full-frame/--center-crop, --lam, --heads/--temperatures, --space); weights other "
+                                "--full-frame/--center-crop, --lam, --heads, --space); weights other "
                                 "than the card's are refused.")
 #: The options a card sets (by parameter name).
 CARD_SETS = ("model", "img_size", "full_frame", "lam", "heads", "temperatures", "space")
@@ -205,12 +210,12 @@ progress_option = click.option("--no-progress", is_flag=True, help="No progress 
 
 
 def heads_text(temperatures) -> str:
-    """``T={1,2,4,∞}`` for logs and closing lines."""
-    return "T={" + ",".join(_format_t(t) for t in temperatures) + "}"
+    """``T={1,2,4,∞}`` for logs and closing lines (``choices.describe_temperatures``)."""
+    return describe_temperatures(tuple(temperatures))
 
 
 __all__ = ["OptionError", "CommandGroup", "OptionGroup", "checked", "option_name", "model_option",
            "card_option", "CARD_SETS", "refuse_with_card", "weights_options", "rule_options", "img_size_option",
            "full_frame_option",
            "topk_option", "device_options", "loader_options",
-           "progress_option", "heads_text"]
+           "progress_option", "heads_text", "HEADS_HELP", "HEADS_METAVAR"]
