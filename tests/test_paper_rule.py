@@ -104,3 +104,23 @@ def test_lambda_zero_is_the_model_exactly(setup):
     with torch.no_grad():
         for heads in PAPER_HEADS:
             assert torch.equal(CSRAScorer(model, lam=0, heads=heads)(x), logits)
+
+
+@pytest.mark.parametrize("heads, temperatures, label", [("T1", [1], "1"), (1, [math.inf], "inf"),
+                                                        ("T1+inf", [1, math.inf], "1,inf")])
+def test_bench_rows_are_the_papers_head_at_their_temperatures(setup, heads, temperatures, label):
+    """The table's row for ``--heads T1`` is the paper's one head at T = 1 (the official code's
+    MHA(num_heads=1)), for ``--heads 1`` at T = ∞: each row's mAP is the paper head's, per class."""
+    from posthoc_csra.evaluation import evaluate_stats
+
+    model, x, targets, features, w, _ = setup
+    with torch.no_grad():
+        stats = {k: v.numpy() for k, v in CSRAScorer(model, space="logit").statistics(x).items()}
+    table = evaluate_stats(stats, targets, np.zeros(targets.shape, bool), [0.7], [heads], ["logit"])
+    (row,) = table[(table["method"] == "csra") & (table["lam"] == 0.7)].itertuples()
+    assert (row.heads, row.temperatures) == (len(temperatures), label)
+    paper = per_class_ap(paper_head(features, w, 0.7, temperatures), targets)
+    assert row.mAP == pytest.approx(100 * paper.mean(), abs=1e-9)
+    with torch.no_grad():
+        ours = CSRAScorer(model, lam=0.7, heads=heads)(x).double().numpy()
+    np.testing.assert_allclose(per_class_ap(ours, targets), paper, atol=1e-12)
