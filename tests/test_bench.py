@@ -89,7 +89,7 @@ def test_run_bench_second_run_makes_no_backbone_pass(tmp_path, forward_count):
     spec = _imagenet_dir(tmp_path)
     kw = dict(source=ModelSource(pretrained=False), cache_dir=tmp_path / "cache", img_sizes=[IMG],
               loading=LoadOptions(workers=0, batch_size=4, chunk_size=4, progress=False))
-    first = run_bench("test_efficientnet", spec, EvalOptions(lams="0,0.1"), **kw)
+    first = run_bench("test_efficientnet", spec, EvalOptions(lams="0,0.1", heads=1), **kw)
     assert first.attrs["backbone_images"] == 6 and forward_count["n"] > 0 and not first["cached"].any()
     assert list(first.columns[: len(COLUMNS)]) == COLUMNS and first["error"].isna().all()
     forward_count["n"] = 0
