@@ -208,8 +208,8 @@ class CSRAScorer(nn.Module):
         stats = {"logits": logits}
         for name, space in SPACES.items():
             stats[f"{name}_base"] = space.base(logits)
-            stats[f"{name}_mean"] = space.location_scores(z, self.classifier).mean(-1)
-            stats[f"{name}_att"] = space.attention_terms(z, STAT_TEMPERATURES, self.classifier)
+            stats[f"{name}_mean"], stats[f"{name}_att"] = space.location_statistics(z, STAT_TEMPERATURES,
+                                                                                   self.classifier)
             for method, values in method_logits.items():
                 stats[f"{name}@{method}"] = space.base(values)
         return {k: v.cpu() for k, v in stats.items()}

@@ -13,7 +13,6 @@ in ``SPACES`` plus its tests.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
@@ -50,11 +49,20 @@ class ScoreSpace:
         raise NotImplementedError
 
     def attention_terms(self, z: "Tensor", temperatures: Sequence[float],
-                        classifier: Optional[LinearClassifier] = None) -> "Tensor":
-        """(B, C, L) per-location logits → (B, H, C) attention terms in the base's units."""
+                        classifier: Optional[LinearClassifier] = None, scores: Optional["Tensor"] = None) -> "Tensor":
+        """(B, C, L) per-location logits → (B, H, C) attention terms in the base's units.
+
+        ``scores``: ``location_scores(z, classifier)`` when the caller already has them (computed once)."""
         from .rule import attention_terms
 
-        return attention_terms(self.location_scores(z, classifier), temperatures)
+        return attention_terms(self.location_scores(z, classifier) if scores is None else scores, temperatures)
+
+    def location_statistics(self, z: "Tensor", temperatures: Sequence[float],
+                            classifier: Optional[LinearClassifier] = None) -> Tuple["Tensor", "Tensor"]:
+        """(B, C, L) per-location logits → (the mean of ``s`` over locations (B, C), the attention terms
+        (B, H, C)): what the statistics cache stores per space, with ``s`` formed once."""
+        s = self.location_scores(z, classifier)
+        return s.mean(dim=-1), self.attention_terms(z, temperatures, classifier, scores=s)
 
     def member_pool(self, pool: str) -> str:
         """How an ImageNet→VOC/COCO class map pools member classes ("max" or "sum") in this space."""
@@ -87,15 +95,22 @@ class LogitSpace(ScoreSpace):
             return z
         return (z - classifier.bias.view(1, -1, 1)) / classifier.weight_norm.view(1, -1, 1)
 
-    def attention_terms(self, z, temperatures, classifier=None):
-        if all(math.isinf(t) for t in temperatures):
-            # ‖w_c‖·max_k (z_kc − b_c)/‖w_c‖ = max_k z_kc − b_c: (B, C) work, no (B, C, L) scores formed.
-            top = z.amax(dim=-1)
-            if classifier is not None:
-                top = top - classifier.bias.view(1, -1)
-            return top[:, None, :].expand(-1, len(temperatures), -1)
-        terms = super().attention_terms(z, temperatures, classifier)
-        return terms if classifier is None else terms * classifier.weight_norm.view(1, 1, -1)
+    def attention_terms(self, z, temperatures, classifier=None, scores=None):
+        from .rule import attention_terms
+
+        if classifier is None:
+            return attention_terms(z, temperatures)
+        # ‖w_c‖·att_T((z − b_c)/‖w_c‖) = att at temperature T/‖w_c‖ of z itself, minus b_c: the softmax over
+        # locations ignores the constant b_c/‖w_c‖, and its weighted mean of (z − b_c)/‖w_c‖, scaled by ‖w_c‖,
+        # is that of z minus b_c (T = ∞: max_k z_kc − b_c). No (B, C, L) scores are formed.
+        terms = attention_terms(z, temperatures, scale=classifier.weight_norm.reciprocal())
+        return terms - classifier.bias.view(1, 1, -1)
+
+    def location_statistics(self, z, temperatures, classifier=None):
+        mean = z.mean(dim=-1)  # mean_k (z_kc − b_c)/‖w_c‖ = (mean_k z_kc − b_c)/‖w_c‖: (B, C) work
+        if classifier is not None:
+            mean = (mean - classifier.bias.view(1, -1)) / classifier.weight_norm.view(1, -1)
+        return mean, self.attention_terms(z, temperatures, classifier)
 
     def member_pool(self, pool):
         return "max"  # a sum of logits has no meaning
@@ -116,7 +131,15 @@ class ProbSpace(ScoreSpace):
         return logits.softmax(dim=1)
 
     def location_scores(self, z, classifier=None):
-        return z.softmax(dim=1)
+        # over classes as a softmax over the last dimension: per-location logits are stored (B, L, C)
+        # (``heads.per_location_logits``), where that is the contiguous, fast and most accurate kernel
+        return z.transpose(1, 2).softmax(dim=-1).transpose(1, 2)
+
+    def attention_terms(self, z, temperatures, classifier=None, scores=None):
+        from .rule import attention_terms
+
+        s = self.location_scores(z, classifier) if scores is None else scores
+        return attention_terms(s, temperatures, bounded=True)  # probabilities: every s in [0, 1]
 
 
 #: The registry: every space by name (the only list; ``choices.SPACES`` is its keys).

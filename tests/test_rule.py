@@ -90,7 +90,7 @@ def test_prob_space_rule_is_softmax_base_plus_max_location_probability():
     assert torch.allclose(out, logits.softmax(1) + 0.5 * z.softmax(1).amax(-1))
 
 
-@pytest.mark.parametrize("temps", [(math.inf,), rule.HEAD_SETS[4]])
+@pytest.mark.parametrize("temps", [(math.inf,), rule.HEAD_SETS[4], rule.HEAD_SETS[8]])
 def test_logit_space_terms_are_the_papers_attention_in_logit_units(temps):
     """‖w_c‖·att_T((z − b)/‖w_c‖); at T = ∞ the shortcut max_k z − b, ties included."""
     generator = torch.Generator().manual_seed(0)
@@ -114,3 +114,99 @@ def test_resolve_temperatures_reads_the_one_head_set_spelling():
     assert rule.resolve_temperatures("T1+inf") == rule.resolve_temperatures((1, math.inf)) == (1.0, math.inf)
     with pytest.raises(InputError, match="MHA"):
         rule.resolve_temperatures("1,inf")
+
+
+# ---- how the terms are computed: every path is the formula up to float rounding, row by row
+
+def _formula64(s, temps, scale=None):
+    """The paper's formula in float64: Σ_k s_k·softmax(T·s)_k (T·scale_c per class), max at T = ∞."""
+    s = s.double()
+    out = []
+    for t in temps:
+        if math.isinf(t):
+            out.append(s.amax(-1))
+            continue
+        k = t if scale is None else t * scale.double().view(1, -1, 1)
+        out.append((s * torch.softmax(s * k, dim=-1)).sum(-1))
+    return torch.stack(out, 1)
+
+
+def _scores(kind, shape=(3, 40, 37), seed=0):
+    """Per-location scores as the spaces make them: probabilities over classes (stored (B, L, C), viewed
+    (B, C, L)) or wide-spread logits (weights of far locations underflow fp32 at T = 7)."""
+    g = torch.Generator().manual_seed(seed)
+    b, c, l = shape
+    z = torch.randn(b, l, c, generator=g) * (3 if kind == "prob" else 30)
+    return z.softmax(-1).transpose(1, 2) if kind == "prob" else z.transpose(1, 2)
+
+
+TEMPS = rule.HEAD_SETS[8] + (0.5, 2.5, 30.0)
+
+
+@pytest.mark.parametrize("kind", ["prob", "logit"])
+def test_every_path_is_the_formula_up_to_rounding(kind):
+    s = _scores(kind)
+    expected = _formula64(s, TEMPS)
+    tol = 1e-6 * float(s.abs().max())
+    fast = rule.attention_terms(s, TEMPS, bounded=kind == "prob")  # CPU: powers (prob) / fused attention
+    assert fast.dtype == torch.float32 and fast.shape == (3, len(TEMPS), 40)
+    assert (fast.double() - expected).abs().max() <= tol
+    formula = torch.stack(rule._formula_terms(s, TEMPS[:7], None), 1)  # what a GPU or an export runs
+    assert (formula.double() - expected[:, :7]).abs().max() <= tol
+    powers = torch.stack(rule._power_terms(_scores("prob"), rule.HEAD_SETS[8][:7]), 1)
+    assert (powers.double() - _formula64(_scores("prob"), rule.HEAD_SETS[8][:7])).abs().max() <= 1e-6
+    assert torch.equal(rule.attention_terms(s, (math.inf,))[:, 0], s.amax(-1))  # the max is exact
+
+
+def test_per_class_temperature_scale():
+    s, scale = _scores("logit"), torch.rand(40, generator=torch.Generator().manual_seed(1)) + 0.05
+    terms = rule.attention_terms(s, rule.HEAD_SETS[8], scale=scale)
+    assert (terms.double() - _formula64(s, rule.HEAD_SETS[8], scale)).abs().max() <= 1e-6 * float(s.abs().max())
+    formula = torch.stack(rule._formula_terms(s, rule.HEAD_SETS[8][:7], scale), 1)
+    assert (formula - terms[:, :7]).abs().max() <= 1e-6 * float(s.abs().max())
+
+
+@pytest.mark.parametrize("kind", ["prob", "logit"])
+def test_a_rows_terms_do_not_depend_on_the_batch_or_the_block_size(kind, monkeypatch):
+    """Bit for bit: a chunk of a benchmark computes the same statistics in any batch, on any executor."""
+    s = _scores(kind, (6, 50, 49))
+    bounded = kind == "prob"
+    full = rule.attention_terms(s, TEMPS, bounded=bounded)
+    assert torch.equal(full[2:5], rule.attention_terms(s[2:5], TEMPS, bounded=bounded))
+    assert torch.equal(full[4:5], rule.attention_terms(s[4:5], TEMPS, bounded=bounded))
+    assert torch.equal(full[:, :, 7:30], rule.attention_terms(s[:, 7:30], TEMPS, bounded=bounded))
+    for block in (49 * 50 * 2, 49 * 50, 49 * 7, 1):  # blocks of images, of classes, of one class
+        monkeypatch.setattr(rule, "BLOCK_ELEMENTS", block)
+        assert torch.equal(full, rule.attention_terms(s, TEMPS, bounded=bounded)), block
+
+
+def test_terms_stay_fp32_under_autocast():
+    s = _scores("logit")
+    expected = rule.attention_terms(s, rule.HEAD_SETS[8])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = rule.attention_terms(s, rule.HEAD_SETS[8])
+    assert terms.dtype == torch.float32 and torch.equal(terms, expected)
+
+
+@pytest.mark.parametrize("kind", ["prob", "logit"])
+def test_fast_paths_rank_every_class_like_the_formula(kind):
+    """In float64 (no ties from rounding) every class ranks the images exactly as the formula does."""
+    s = _scores(kind, (64, 20, 49), seed=3).double()
+    base = torch.randn(64, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    fast = rule.combine(base, rule.attention_terms(s, rule.HEAD_SETS[8], bounded=kind == "prob"), 0.7)
+    formula = rule.combine(base, _formula64(s, rule.HEAD_SETS[8]), 0.7)
+    assert torch.equal(fast.argsort(0), formula.argsort(0))
+
+
+@pytest.mark.parametrize("space", ["logit", "prob"])
+def test_location_statistics_are_the_mean_and_the_terms(space):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 49, 12, generator=g).transpose(1, 2) * 4  # stored (B, L, C), as the heads give them
+    classifier = LinearClassifier(torch.randn(12, generator=g), torch.rand(12, generator=g) + 0.1)
+    sp = get_space(space)
+    mean, terms = sp.location_statistics(z, rule.STAT_TEMPERATURES, classifier)
+    s = sp.location_scores(z, classifier)
+    assert torch.allclose(mean, s.mean(-1), atol=1e-6, rtol=1e-5)
+    assert torch.allclose(terms, sp.attention_terms(z, rule.STAT_TEMPERATURES, classifier), atol=0, rtol=0)
+    if space == "prob":
+        assert torch.allclose(s, z.softmax(1), atol=1e-6)  # over classes
