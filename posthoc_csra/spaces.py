@@ -106,12 +106,6 @@ class LogitSpace(ScoreSpace):
         terms = attention_terms(z, temperatures, scale=classifier.weight_norm.reciprocal())
         return terms - classifier.bias.view(1, 1, -1)
 
-    def location_statistics(self, z, temperatures, classifier=None):
-        mean = z.mean(dim=-1)  # mean_k (z_kc − b_c)/‖w_c‖ = (mean_k z_kc − b_c)/‖w_c‖: (B, C) work
-        if classifier is not None:
-            mean = (mean - classifier.bias.view(1, -1)) / classifier.weight_norm.view(1, -1)
-        return mean, self.attention_terms(z, temperatures, classifier)
-
     def member_pool(self, pool):
         return "max"  # a sum of logits has no meaning
 
