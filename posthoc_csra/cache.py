@@ -13,9 +13,13 @@ is complete. An interrupted run keeps its finished chunks (it loses at most the 
 the next one computes only the rest. ``chunk_size`` only applies to a new cache folder.
 A chunk whose sidecar is missing/unreadable or whose bytes or arrays do not match is recomputed
 with a warning. Memory during computation is one chunk plus the DataLoader's prefetch.
+
+Computing: ``stream_statistics`` runs many chunks through one DataLoader and hands each back as soon as it
+is complete (the local executor); ``chunk_statistics`` is the same for one chunk (a pool or Ray task).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -29,7 +33,7 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -255,18 +259,74 @@ def chunk_statistics(scorer, dataset, transform, runtime, rows: Tuple[int, int],
                      workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None
                      ) -> Tuple[Dict[str, np.ndarray], int]:
     """The statistics of images ``rows[0]:rows[1]`` → ({key in STAT_KEYS: (n, C) or (n, 8, C) float32},
-    the batch size that worked). Out of memory on a batch restarts the chunk with half the batch
-    (down to 1), as timm's validate.py does. ``on_batch(n_images, batch_index)`` runs before each
-    forward pass (a test hook). Raises BadImageError naming the first image that cannot be loaded.
+    the batch size that worked): ``stream_statistics`` over this one chunk (its own DataLoader).
+    Out of memory on a batch restarts the chunk with half the batch (down to 1), as timm's validate.py
+    does. ``on_batch(n_images, batch_index)`` runs before each forward pass (a test hook). Raises
+    BadImageError naming the first image that cannot be loaded.
+    """
+    try:
+        (done,) = stream_statistics(scorer, dataset, transform, runtime, [(None, rows)], batch_size, workers, on_batch)
+    except StreamFailed as failed:
+        raise failed.error from None
+    return done.arrays, done.batch_size
+
+
+class ChunkDone(NamedTuple):
+    """One chunk of a stream, complete: its tag, arrays, the batch size that fitted, seconds since the
+    previous chunk ended (or the stream began)."""
+
+    tag: object
+    arrays: Dict[str, np.ndarray]
+    batch_size: int
+    seconds: float
+
+
+class StreamFailed(Exception):
+    """A chunk of ``stream_statistics`` failed: ``error`` is what was raised, ``pending`` the tags of the chunks
+    taken from the input but not finished, the failing one first."""
+
+    def __init__(self, error: BaseException, pending: List[object]):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error, self.pending = error, pending
+
+
+def stream_statistics(scorer, dataset, transform, runtime, chunks: Iterable[Tuple[object, Tuple[int, int]]],
+                      batch_size: int = 32, workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None,
+                      on_images: Optional[Callable[[object, int], None]] = None) -> Iterator[ChunkDone]:
+    """The statistics of many chunks through ONE DataLoader: ``chunks`` yields (tag, rows) and is read lazily,
+    as the loader's workers ask for more indices (so a driver can keep planning just ahead of them); each
+    chunk comes back as a ``ChunkDone`` as soon as its last batch is through (a driver can write it at once:
+    an interrupted run keeps every finished chunk).
+
+    Batches never straddle chunks and start at each chunk's first row, exactly as a chunk computed on its own
+    (``chunk_statistics``): the statistics are the same bit for bit. ``on_images(tag, n)`` runs after each
+    batch (progress). Out of memory on a batch (batch size > 1): the loader is stopped and restarted with half
+    the batch at the first unfinished chunk (``ChunkDone.batch_size`` says what fitted). Any other error
+    raises ``StreamFailed`` with the unfinished chunks' tags.
     """
     import torch
 
+    pending: collections.deque = collections.deque()  # (tag, rows) taken from ``chunks``, not finished
+    if isinstance(chunks, (list, tuple)) and sum(-(-(end - start) // batch_size) for _, (start, end) in chunks) <= 1:
+        workers = 0  # one batch in all: starting worker processes would cost more than they save
+    source = iter(chunks)
+
+    def more():
+        for item in source:
+            pending.append(item)
+            yield item
+
     while True:
         try:
-            return _chunk_pass(scorer, dataset, transform, runtime, rows, batch_size, workers, on_batch), batch_size
+            yield from _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size, workers,
+                                    on_batch, on_images)
+            return
+        except StreamFailed:
+            raise
         except Exception as err:
             if batch_size == 1 or not is_out_of_memory(err):
-                raise
+                raise StreamFailed(err, [tag for tag, _ in pending]) from err
+            rows = pending[0][1] if pending else (0, 0)
             log.warning("posthoc-csra: out of memory with batch size %d (%s); retrying rows %d:%d with %d",
                         batch_size, err, *rows, batch_size // 2)
         batch_size //= 2
@@ -274,27 +334,64 @@ def chunk_statistics(scorer, dataset, transform, runtime, rows: Tuple[int, int],
             torch.cuda.empty_cache()
 
 
-def _chunk_pass(scorer, dataset, transform, runtime, rows, batch_size, workers, on_batch) -> Dict[str, np.ndarray]:
+def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size, workers, on_batch,
+                 on_images) -> Iterator[ChunkDone]:
+    """One DataLoader over the unfinished chunks, then over more as they come (see ``stream_statistics``)."""
+    import itertools
+    import time
+
     import torch
 
-    start, end = rows
-    batches = [list(range(b, min(b + batch_size, end))) for b in range(start, end, batch_size)]
-    loader = torch.utils.data.DataLoader(_Items(dataset, transform), batch_sampler=batches,
-                                         num_workers=workers if len(batches) > 1 else 0, collate_fn=_collate,
+    replay = list(pending)
+
+    def batches():
+        for _, (start, end) in itertools.chain(replay, more()):
+            for b in range(start, end, batch_size):
+                yield list(range(b, min(b + batch_size, end)))
+
+    loader = torch.utils.data.DataLoader(_Items(dataset, transform), batch_sampler=_Batches(batches),
+                                         num_workers=workers, collate_fn=_collate,
                                          pin_memory=runtime.torch_device.type == "cuda")
     buffers: Dict[str, list] = {k: [] for k in STAT_KEYS}
-    with torch.inference_mode():
-        for n, (images, _, bad) in enumerate(loader):
-            if bad:
-                raise BadImageError(f"{getattr(dataset, 'name', 'dataset')}: image {bad[0][1]} "
-                                    f"({len(bad)} bad in this batch; benchmarks need every image)")
-            if on_batch is not None:
-                on_batch(len(images), n)
-            with runtime.autocast():
-                stats = scorer.statistics(runtime.inputs(images))
-            for k in STAT_KEYS:
-                buffers[k].append(stats[k].float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in buffers.items()}
+    done_rows, index, started = 0, 0, time.perf_counter()
+    batches_iter = iter(loader)
+    try:
+        with torch.inference_mode():
+            for images, _, bad in batches_iter:
+                tag, (start, end) = pending[0]
+                if bad:
+                    raise BadImageError(f"{getattr(dataset, 'name', 'dataset')}: image {bad[0][1]} "
+                                        f"({len(bad)} bad in this batch; benchmarks need every image)")
+                if on_batch is not None:
+                    on_batch(len(images), index)
+                with runtime.autocast():
+                    stats = scorer.statistics(runtime.inputs(images))
+                for k in STAT_KEYS:
+                    buffers[k].append(stats[k].float().cpu().numpy())
+                done_rows, index = done_rows + len(images), index + 1
+                if on_images is not None:
+                    on_images(tag, len(images))
+                if done_rows == end - start:
+                    pending.popleft()
+                    arrays = {k: np.concatenate(v) for k, v in buffers.items()}
+                    buffers = {k: [] for k in STAT_KEYS}
+                    now = time.perf_counter()
+                    yield ChunkDone(tag, arrays, batch_size, now - started)
+                    done_rows, index, started = 0, 0, time.perf_counter()
+    finally:
+        shutdown = getattr(batches_iter, "_shutdown_workers", None)  # stop the workers now, not at collection
+        if shutdown is not None:
+            shutdown()
+
+
+class _Batches:
+    """A batch sampler read lazily: a fresh ``make()`` generator per pass over the loader."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return self.make()
 
 
 def clean_temp_files(folder: Union[str, Path], older_than_s: float = 86400.0) -> int:
@@ -331,5 +428,5 @@ def _writer_gone(name: str) -> bool:
 
 
 __all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
-           "scorer_info", "is_out_of_memory", "chunk_statistics",
+           "scorer_info", "is_out_of_memory", "chunk_statistics", "stream_statistics", "ChunkDone", "StreamFailed",
            "atomic_path", "clean_temp_files"]

@@ -1,32 +1,41 @@
-"""Where the benchmark's chunk tasks run: one small interface, three engines.
+"""Where the benchmark's chunk tasks run: one small interface, a registry of engines.
 
-A chunk task (``runner.compute_chunk``) turns one ``runner.ChunkJob`` — a cache chunk of one (model,
-dataset, preprocessing) pass — into that chunk's statistics. ``Executor.run(task, jobs)`` runs
-tasks and yields a ``Done`` per job as it finishes (in any order), holding the task's result or the
-exception it raised; the driver (``runner.run_bench``) verifies each result and writes it into its
-cache, so workers never touch the cache and a cluster needs no shared filesystem.
+A chunk task (``runner.ChunkTask``) turns one ``runner.ChunkJob`` — a cache chunk of one (model,
+dataset, preprocessing) pass — into that chunk's statistics. ``Executor.run(task, jobs, progress)``
+runs tasks and yields a ``Done`` per job as it finishes (in any order), holding the task's result or
+the exception it raised; the driver (``runner.run_bench``) verifies each result and writes it into
+its cache, so workers never touch the cache and a cluster needs no shared filesystem.
 
-* ``LocalExecutor``: in this process, in order (the default; no extra dependency).
-* ``PoolExecutor``: a ``concurrent.futures`` process or thread pool on this machine.
-* ``RayExecutor``: tasks on a Ray cluster (``pip install "posthoc-csra[ray]"``); results come back
+``EXECUTORS`` is the registry ``bench --executor`` reads (name → ``ExecutorKind``: a one-line summary,
+the factory, the command-line options it takes); ``make_executor(name, **options)`` builds one:
+
+* ``local``: in this process, in order (the default; no extra dependency). It streams: one
+  DataLoader per pass (``task.stream``), each chunk still handed back — and written — as soon as
+  it is complete, and ``progress(job, n_images)`` after every batch.
+* ``process-pool`` / ``thread-pool``: a ``concurrent.futures`` pool on this machine, one chunk
+  per task (``task(job)``, each with its own DataLoader).
+* ``ray``: tasks on a Ray cluster (``pip install "posthoc-csra[ray]"``); results come back
   through Ray's object store; a worker process that dies mid-task is retried (``max_retries``).
 
-``jobs`` is consumed lazily (at most ``max_in_flight`` tasks are pending), so the driver prepares
-models just ahead of the workers. ``Faults`` injects failures into tasks, to test recovery.
-Torch-free at import.
+Executors that run tasks elsewhere report no per-batch progress: the driver moves its bar when a
+chunk comes back. ``jobs`` is consumed lazily (at most ``max_in_flight`` tasks are pending; the local
+stream reads ahead only as far as its DataLoader prefetches), so the driver prepares models just ahead
+of the workers. ``Faults`` injects failures into tasks, to test recovery. Torch-free at import.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 from .errors import InputError
 
-EXECUTORS = ("local", "ray")
+#: ``progress(job, n_images)``: images of ``job`` through the backbone since the last call.
+Progress = Callable[[Any, int], None]
 
 
 class Done(NamedTuple):
@@ -93,7 +102,8 @@ class Executor:
     def __init__(self, faults: Optional[Faults] = None):
         self.faults = faults
 
-    def run(self, task: Callable, jobs: Iterable) -> Iterator[Done]:
+    def run(self, task: Callable, jobs: Iterable, progress: Optional[Progress] = None) -> Iterator[Done]:
+        """Run ``task`` on every job; ``progress`` is called per batch by executors that can see batches."""
         raise NotImplementedError
 
     def loader_workers(self, requested: int) -> int:
@@ -114,11 +124,16 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """Every task in this process, one after the other, in job order."""
+    """Every task in this process, in job order: streamed through one DataLoader per pass when the task
+    can (``task.stream(jobs, progress)``), else one ``task(job)`` after the other."""
 
     name = "local"
 
-    def run(self, task: Callable, jobs: Iterable) -> Iterator[Done]:
+    def run(self, task: Callable, jobs: Iterable, progress: Optional[Progress] = None) -> Iterator[Done]:
+        stream = getattr(task, "stream", None)
+        if stream is not None:
+            yield from stream(jobs, progress)
+            return
         for job in jobs:
             start = time.perf_counter()
             try:
@@ -154,7 +169,7 @@ class _Windowed(Executor):
     def _capacity(self) -> int:
         raise NotImplementedError
 
-    def run(self, task: Callable, jobs: Iterable) -> Iterator[Done]:
+    def run(self, task: Callable, jobs: Iterable, progress: Optional[Progress] = None) -> Iterator[Done]:
         cap = self.max_in_flight or self._capacity()
         pending: dict = {}
         jobs = iter(jobs)
@@ -257,6 +272,7 @@ class RayExecutor(_Windowed):
         if not cpus_per_task > 0 or gpus_per_task < 0 or max_retries < 0:
             raise InputError(f"Ray resources: cpus_per_task must be > 0 (got {cpus_per_task}), gpus_per_task "
                              f">= 0 (got {gpus_per_task}) and max_retries >= 0 (got {max_retries})")
+        import_ray()  # a missing Ray is a clear error now, not at the first task
         self.address, self.cpus_per_task, self.gpus_per_task = address, cpus_per_task, gpus_per_task
         self.max_retries, self.init_kwargs = max_retries, dict(init_kwargs or {})
         self._started, self._remote, self._task_refs = False, None, {}
@@ -323,18 +339,58 @@ def _cause(err: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else err
 
 
-def make_executor(name: str = "local", *, ray_address: Optional[str] = None, cpus_per_task: float = 1,
-                  gpus_per_task: float = 0) -> Executor:
-    """The executor ``--executor NAME`` asks for ("local" or "ray")."""
-    if name == "local":
-        if ray_address is not None or gpus_per_task or cpus_per_task != 1:
-            raise InputError("--ray-address, --gpus-per-task and --cpus-per-task apply to --executor ray only")
-        return LocalExecutor()
-    if name == "ray":
-        import_ray()
-        return RayExecutor(address=ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
-    raise InputError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+@dataclass(frozen=True)
+class ExecutorKind:
+    """One entry of the registry: ``bench --executor NAME``.
+
+    summary: one line for ``--help``. build: the factory. options: the command-line options it takes,
+    by their keyword in ``make_executor`` → the factory's parameter.
+    """
+
+    name: str
+    summary: str
+    build: Callable[..., Executor]
+    options: Tuple[Tuple[str, str], ...] = ()
+
+    def make(self, **options) -> Executor:
+        return self.build(**{dict(self.options)[k]: v for k, v in options.items()})
 
 
-__all__ = ["EXECUTORS", "Done", "Faults", "Executor", "LocalExecutor", "PoolExecutor", "RayExecutor",
-           "make_executor", "import_ray"]
+_POOL_OPTIONS = (("pool_workers", "workers"),)
+_RAY_OPTIONS = (("ray_address", "address"), ("cpus_per_task", "cpus_per_task"), ("gpus_per_task", "gpus_per_task"))
+
+#: The registry: every executor ``bench --executor`` offers, by name (the CLI's choices and help come from here).
+EXECUTORS: Dict[str, ExecutorKind] = {kind.name: kind for kind in (
+    ExecutorKind("local", "this process, one DataLoader per pass, progress per batch", LocalExecutor),
+    ExecutorKind("process-pool", "--pool-workers spawned processes on this machine, one chunk per task",
+                 functools.partial(PoolExecutor, kind="process"), _POOL_OPTIONS),
+    ExecutorKind("thread-pool", "--pool-workers threads of this process, one chunk per task",
+                 functools.partial(PoolExecutor, kind="thread"), _POOL_OPTIONS),
+    ExecutorKind("ray", "tasks on a Ray cluster, results written by this process (pip install 'posthoc-csra[ray]')",
+                 RayExecutor, _RAY_OPTIONS),
+)}
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def make_executor(name: str = "local", **options) -> Executor:
+    """The executor ``--executor NAME`` asks for, from the registry; ``options`` (None: not given) are the
+    command-line options of ``EXECUTORS[name].options``. An option given for an executor that does not take
+    it is an error naming the executors that do."""
+    kind = EXECUTORS.get(name)
+    if kind is None:
+        raise InputError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    takes = dict(kind.options)
+    foreign = [k for k in given if k not in takes]
+    if foreign:
+        owners = sorted({other.name for other in EXECUTORS.values() for k in foreign if k in dict(other.options)})
+        raise InputError(f"{', '.join(_flag(k) for k in foreign)} (given with --executor {name}): they apply to "
+                         f"--executor {' or '.join(owners) or 'none'} only")
+    return kind.make(**given)
+
+
+__all__ = ["EXECUTORS", "ExecutorKind", "Progress", "Done", "Faults", "Executor", "LocalExecutor", "PoolExecutor",
+           "RayExecutor", "make_executor", "import_ray"]

@@ -3,10 +3,13 @@ executor, write them into the driver's cache, then evaluate every pass from the 
 
 A *pass* is one (model, img_size, dataset) with its preprocessing: one cache key (``cache.py``).
 Its unit of work is a cache chunk: a ``ChunkJob`` (small, picklable: names and option values)
-goes to ``compute_chunk`` on an executor (``executors.py``), which loads the model and dataset in
-its own process (kept for the next chunk), computes the chunk's statistics and returns them. The
-driver checks each result against its own cache key and writes it atomically, so a run killed at
-any point loses at most the chunks in flight and the next run schedules only the missing ones.
+goes to a ``ChunkTask`` on an executor (``executors.py``). In a pool worker or a Ray task,
+``task(job)`` (``compute_chunk``) loads the model and dataset in its own process (kept for the next
+chunk) and computes the chunk's statistics with its own DataLoader; the local executor streams
+instead (``stream_chunks``): one DataLoader per pass, progress per batch, and each chunk still
+handed back as soon as its last batch is through. The driver checks each result against its own
+cache key and writes it atomically, so a run killed at any point loses at most the chunks in
+flight and the next run schedules only the missing ones.
 
 Order: options and every dataset spec are checked first; models are then prepared one by one as
 the executor asks for work (the driver needs each model's weights identity, data config and class
@@ -20,15 +23,15 @@ import resource
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InputError
-from .executors import Done, Executor, Faults, LocalExecutor
+from .executors import Done, Executor, Faults, LocalExecutor, Progress
 from .options import EvalOptions, LoadOptions, ModelSource
 
 #: A size-dependent spec (mosaics) is checked at this size before any model says its own.
@@ -155,23 +158,41 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def compute_chunk(job: ChunkJob, faults: Optional[Faults] = None) -> ChunkResult:
-    """The chunk task (run by an executor, in any process): the statistics of ``job.rows``."""
+@contextmanager
+def _threads(loading: LoadOptions):
+    """torch intra-op threads of a chunk task (``loading.threads``; None: the process's own)."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(job.loading.threads or threads)
+    torch.set_num_threads(loading.threads or threads)
     try:
-        return _compute_chunk(job, faults)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _compute_chunk(job: ChunkJob, faults: Optional[Faults]) -> ChunkResult:
-    from .cache import cache_key, chunk_statistics, scorer_info
+def compute_chunk(job: ChunkJob, faults: Optional[Faults] = None) -> ChunkResult:
+    """The chunk task (run by an executor, in any process): the statistics of ``job.rows``, with its own
+    DataLoader."""
+    from .cache import chunk_statistics, scorer_info
+
+    with _threads(job.loading):
+        start = time.perf_counter()
+        scorer, ds, transform, key, asked = _pass_setup(job, faults)
+        arrays, batch_size = chunk_statistics(scorer, ds, transform, job.runtime, job.rows, asked, job.loading.workers,
+                                              faults.before_batch if faults is not None else None)
+        if batch_size < asked:  # out of memory: the next chunks of this pass start with what fitted
+            _BATCH_CAP[key] = batch_size
+        return ChunkResult(key, job.rows, arrays, scorer_info(scorer), time.perf_counter() - start, batch_size,
+                           f"{socket.gethostname()}:{os.getpid()}", _peak_rss_mb())
+
+
+def _pass_setup(job: ChunkJob, faults: Optional[Faults]):
+    """What every chunk of ``job``'s pass needs in this process: (scorer, dataset, transform, cache key, batch
+    size to start with); the model and dataset are kept for the next task of the same pass."""
+    from .cache import cache_key
     from .scorer import CSRAScorer
 
-    start = time.perf_counter()
     if faults is not None:
         faults.before_task(job.model)
     prepared = _model(job.model, job.img_size, job.source)
@@ -187,13 +208,90 @@ def _compute_chunk(job: ChunkJob, faults: Optional[Faults]) -> ChunkResult:
         scorer = job.runtime.prepare(CSRAScorer(prepared.net, input_size=config["input_size"]))
         job.runtime.compile_model(prepared.net)
         prepared.scorers[bool(ds.full_frame), job.runtime] = scorer
-    asked = min(job.loading.batch_size, _BATCH_CAP.get(key, job.loading.batch_size))
-    arrays, batch_size = chunk_statistics(scorer, ds, transform, job.runtime, job.rows, asked, job.loading.workers,
-                                          faults.before_batch if faults is not None else None)
-    if batch_size < asked:  # out of memory: the next chunks of this pass start with what fitted
-        _BATCH_CAP[key] = batch_size
-    return ChunkResult(key, job.rows, arrays, scorer_info(scorer), time.perf_counter() - start, batch_size,
-                       f"{socket.gethostname()}:{os.getpid()}", _peak_rss_mb())
+    return scorer, ds, transform, key, min(job.loading.batch_size, _BATCH_CAP.get(key, job.loading.batch_size))
+
+
+class _Jobs:
+    """The driver's job iterator with one job of look-ahead (to tell where a pass ends)."""
+
+    def __init__(self, jobs: Iterable[ChunkJob]):
+        self._jobs, self._next = iter(jobs), None
+
+    def peek(self) -> Optional[ChunkJob]:
+        if self._next is None:
+            self._next = next(self._jobs, None)
+        return self._next
+
+    def take(self) -> Optional[ChunkJob]:
+        job, self._next = self.peek(), None
+        return job
+
+    def of_pass(self, key: str) -> Iterator[ChunkJob]:
+        """Jobs while they belong to the pass ``key`` (read lazily)."""
+        while (job := self.peek()) is not None and job.key == key:
+            yield self.take()
+
+
+def stream_chunks(jobs: Iterable[ChunkJob], faults: Optional[Faults] = None,
+                  progress: Optional[Progress] = None) -> Iterator[Done]:
+    """The local executor's way: every pass's chunks through ONE DataLoader (``cache.stream_statistics``),
+    read from ``jobs`` only as far as the loader prefetches; a ``Done`` per chunk as soon as it is complete
+    (the driver writes it at once, so an interrupted run loses at most the chunks in flight) and
+    ``progress(job, n_images)`` after every batch. A failing chunk fails the chunks of its pass already
+    taken; the driver then plans no more of that pass."""
+    jobs = _Jobs(jobs)
+    while (first := jobs.peek()) is not None:
+        yield from _stream_pass(jobs, first, faults, progress)
+
+
+def _stream_pass(jobs: _Jobs, first: ChunkJob, faults: Optional[Faults], progress: Optional[Progress]):
+    from .cache import StreamFailed, scorer_info, stream_statistics
+
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    with _threads(first.loading):
+        start = time.perf_counter()
+        try:
+            scorer, ds, transform, key, asked = _pass_setup(first, faults)
+        except Exception as err:
+            yield Done(jobs.take(), None, err, time.perf_counter() - start)
+            failed = (err, [])
+        else:
+            info, failed, setup_s = scorer_info(scorer), None, time.perf_counter() - start
+            chunks = ((job, job.rows) for job in jobs.of_pass(first.key))
+            try:
+                for done in stream_statistics(scorer, ds, transform, first.runtime, chunks, asked,
+                                              first.loading.workers, faults.before_batch if faults else None,
+                                              progress):
+                    job = done.tag
+                    if done.batch_size < asked:  # out of memory: later passes of this key start with what fitted
+                        _BATCH_CAP[key] = done.batch_size
+                    seconds = done.seconds + (setup_s if job is first else 0.0)  # the first pays the preparation
+                    yield Done(job, ChunkResult(key, job.rows, done.arrays, info, seconds, done.batch_size, worker,
+                                                _peak_rss_mb()), None, seconds)
+            except StreamFailed as stream_failed:
+                failed = (stream_failed.error, stream_failed.pending)
+        if failed is not None:  # the chunks of this pass already taken fail with it
+            err, taken = failed
+            for job in [*taken, *jobs.of_pass(first.key)]:
+                yield Done(job, None, err, 0.0)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """What an executor runs (picklable: it travels to pool workers and Ray tasks).
+
+    ``task(job)``: one chunk with its own DataLoader, in any process. ``task.stream(jobs, progress)``: a
+    run's chunks in this process, one DataLoader per pass, progress per batch (``stream_chunks``; the
+    local executor). ``faults``: failures to inject (tests, benchmarks/scale.py).
+    """
+
+    faults: Optional[Faults] = None
+
+    def __call__(self, job: ChunkJob) -> ChunkResult:
+        return compute_chunk(job, self.faults)
+
+    def stream(self, jobs: Iterable[ChunkJob], progress: Optional[Progress] = None) -> Iterator[Done]:
+        return stream_chunks(jobs, self.faults, progress)
 
 
 # ---------------------------------------------------------------- the driver
@@ -251,15 +349,16 @@ class BenchRun:
         self._estimate = {spec: self._check_dataset(spec) for spec in self.specs}
         self._leaders: Dict[str, Pass] = {}
         self._bar = None
+        self._reported: Dict[Tuple[str, int], int] = {}  # (key, chunk) → images the executor reported per batch
 
     def _check_dataset(self, spec: str) -> int:
         """Build the dataset once before any model is loaded (a bad spec or folder fails here);
-        → its chunk count, for the progress bar."""
+        → its image count, for the progress bar."""
         from .datasets import is_size_dependent
 
         sizes = [s for s in self.img_sizes if s] or [CHECK_SIZE]
         ds = build_dataset(spec, sizes[0] if is_size_dependent(spec) else None, self.loading)
-        return -(-len(ds) // self.loading.chunk_size)
+        return len(ds)
 
     # ---- planning: jobs are pulled lazily by the executor
     def jobs(self) -> Iterator[ChunkJob]:
@@ -297,11 +396,12 @@ class BenchRun:
         self._leaders[p.cache.key] = p
         self.stats.chunks += p.cache.n_chunks
         self.stats.chunks_cached += p.cache.n_chunks - len(todo)
-        self._progress(p.cache.n_chunks - self._estimate[p.spec], p.cache.n_chunks - len(todo))
+        todo_images = [p.cache.rows(chunk)[1] - p.cache.rows(chunk)[0] for chunk in todo]
+        self._progress(p.cache.n_images - self._estimate[p.spec], p.cache.n_images - sum(todo_images))
         label = f"{p.model} @{prepared.img_size} on {p.dataset.short_name}"
         for i, chunk in enumerate(todo):
             if p.error is not None:  # a chunk of this pass failed: the rest would fail alike
-                self._progress(i - len(todo), 0)
+                self._progress(-sum(todo_images[i:]), 0)
                 return
             yield ChunkJob(p.model, p.img_size, self.source, p.spec, self.loading, self.runtime, chunk,
                            p.cache.rows(chunk), p.cache.key, label)
@@ -311,9 +411,17 @@ class BenchRun:
         self._progress(-estimate, 0)
 
     def _progress(self, more_total: int, done: int) -> None:
+        """The bar counts images: ``more_total`` corrects the estimate, ``done`` images are accounted for."""
         if self._bar is not None:
             self._bar.total += more_total
             self._bar.update(done)
+
+    def _on_images(self, job: ChunkJob, n_images: int) -> None:
+        """The executor's per-batch progress (``Executor.run``'s ``progress``)."""
+        if self._bar is not None:
+            self._reported[job.key, job.chunk] = self._reported.get((job.key, job.chunk), 0) + n_images
+            self._bar.set_description(job.label, refresh=False)
+            self._bar.update(n_images)
 
     # ---- collecting: the driver verifies and writes every result
     def accept(self, done: Done) -> None:
@@ -340,24 +448,24 @@ class BenchRun:
             self.stats.batch_sizes[result.batch_size] = self.stats.batch_sizes.get(result.batch_size, 0) + 1
             self.stats.workers[result.worker] = max(self.stats.workers.get(result.worker, 0.0),
                                                     result.peak_rss_mb)
-        if self._bar is not None:
+        if self._bar is not None:  # the chunk's images not yet reported batch by batch
+            unreported = job.rows[1] - job.rows[0] - self._reported.pop((job.key, job.chunk), 0)
             self._bar.set_description(job.label, refresh=False)
-            self._bar.set_postfix(computed=self.stats.chunks_computed, cached=self.stats.chunks_cached,
+            self._bar.set_postfix(chunks_computed=self.stats.chunks_computed, cached=self.stats.chunks_cached,
                                   failed=self.stats.chunks_failed, refresh=False)
-            self._bar.update(1)
+            self._bar.update(unreported)
 
     def execute(self) -> "BenchRun":
         """Compute every missing chunk on the executor, writing each into the cache."""
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
-        faults = self.executor.faults
-        task = compute_chunk if faults is None else partial(compute_chunk, faults=faults)
+        task = ChunkTask(self.executor.faults)
         total = sum(self._estimate.values()) * len(self.names) * len(self.img_sizes)
         try:
-            with tqdm(total=total, unit="chunk", desc=f"bench ({self.executor.name})", file=sys.stderr,
+            with tqdm(total=total, unit="img", desc=f"bench ({self.executor.name})", file=sys.stderr,
                       disable=not self.loading.progress, dynamic_ncols=True) as self._bar:
-                for done in self.executor.run(task, self.jobs()):
+                for done in self.executor.run(task, self.jobs(), self._on_images):
                     self.accept(done)
         finally:
             self._bar = None
@@ -406,7 +514,7 @@ class BenchRun:
         table["error"] = table["error"].astype("string")
         for column in ("exact", "cached"):  # error rows have none
             table[column] = table[column].astype("boolean")
-        for column in ("img_size", "n_images", "n_classes", "heads"):
+        for column in ("img_size", "n_images", "n_classes", "n_always_positive", "heads"):
             try:
                 table[column] = table[column].astype("Int64")
             except (TypeError, ValueError):
@@ -469,4 +577,4 @@ def load_statistics(model: str, dataset: str, loading: LoadOptions = LoadOptions
 
 
 __all__ = ["PreparedModel", "prepare_model", "build_dataset", "pass_fields", "ChunkJob", "ChunkResult",
-           "compute_chunk", "Pass", "RunStats", "BenchRun", "run_bench", "load_statistics"]
+           "ChunkTask", "compute_chunk", "stream_chunks", "Pass", "RunStats", "BenchRun", "run_bench", "load_statistics"]

@@ -1,5 +1,7 @@
 """``bench``: option parsers, run_bench and the CLI end to end (evaluation: tests/test_evaluation.py)."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,8 +56,9 @@ def test_expand_models(tmp_path, shared):
     timm_matches = expand_models("tf_efficientnet_lite*")
     assert {"tf_efficientnet_lite0", "tf_efficientnet_lite4"} <= set(timm_matches)
     assert expand_models("tf_efficientnet_lite*", manifest) == [f"tf_efficientnet_lite{i}" for i in range(3)]
-    assert set(expand_models(None, manifest)) == {"tf_efficientnet_lite0", "tf_efficientnet_lite1",
-                                                  "tf_efficientnet_lite2", "mobilenetv2_100"}
+    entries = list(json.loads(manifest.read_text()))  # every entry of the shared manifest, in its order
+    assert expand_models(None, manifest) == entries and {"tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                                         "tf_efficientnet_lite2", "mobilenetv2_100"} <= set(entries)
     names = tmp_path / "models.txt"
     names.write_text("# zoo\nresnet10t\n\nmobilenetv2_1*  # wildcard\nresnet10t\n")
     assert expand_models([f"@{names}", "resnet10t,test_vit"], manifest) == [

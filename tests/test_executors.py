@@ -1,5 +1,7 @@
-"""Option groups and executors: one table from the local executor, a thread pool and a real local Ray;
-only missing chunks are scheduled; options and datasets are checked before any model is loaded."""
+"""Option groups and executors: one table from the local executor, a thread/process pool and a real local Ray;
+the local executor streams a pass through one DataLoader with progress per batch, and still hands back (and the
+driver writes) every chunk as it completes; only missing chunks are scheduled; the CLI reads the executor
+registry; options and datasets are checked before any model is loaded."""
 import dataclasses
 import pickle
 
@@ -12,7 +14,7 @@ from PIL import Image
 from posthoc_csra import runner
 from posthoc_csra.cli import main
 from posthoc_csra.errors import InputError, MissingInputError
-from posthoc_csra.executors import LocalExecutor, PoolExecutor, RayExecutor
+from posthoc_csra.executors import EXECUTORS, LocalExecutor, PoolExecutor, RayExecutor, make_executor
 from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
 from posthoc_csra.runner import ChunkJob, run_bench
 from posthoc_csra.runtime import Runtime
@@ -57,8 +59,8 @@ class Recording(LocalExecutor):
         super().__init__()
         self.jobs = []
 
-    def run(self, task, jobs):
-        for done in super().run(task, jobs):
+    def run(self, task, jobs, progress=None):
+        for done in super().run(task, jobs, progress):
             self.jobs.append(done.job)
             yield done
 
@@ -143,11 +145,76 @@ def test_ray_gives_the_same_table_row_for_row(data, tmp_path, ray_session):
     assert len(run["workers"]) >= 1 and all(mb > 0 for mb in run["workers"].values())
 
 
-def test_progress_bar_counts_chunks_and_names_model_and_dataset(data, tmp_path, capsys):
+def test_progress_bar_counts_images_and_names_model_and_dataset(data, tmp_path, capsys):
     specs, _ = data
     bench(specs[:1], tmp_path, progress=True)
     err = capsys.readouterr().err
-    assert f"{MODEL} @{IMG} on csv:labels.csv" in err and "6/6" in err and "chunk" in err
+    assert f"{MODEL} @{IMG} on csv:labels.csv" in err and "12/12" in err and "img" in err
+
+
+class Events(LocalExecutor):
+    """The local executor, recording per-batch progress and finished chunks in the order they happen."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def run(self, task, jobs, progress=None):
+        def batch(job, n):
+            self.events.append(("batch", job.chunk, n))
+            progress(job, n)
+
+        for done in super().run(task, jobs, batch):
+            self.events.append(("chunk", done.job.chunk, done.error is None))
+            yield done
+
+
+def test_local_executor_streams_one_loader_per_pass_with_progress_per_batch(data, tmp_path, monkeypatch):
+    """One DataLoader for the whole pass (not one per chunk), progress after every batch, each chunk handed
+    back as soon as its last batch is through — and the same statistics, bit for bit, as chunk-by-chunk tasks."""
+    import torch.utils.data
+
+    specs, reference = data
+    loaders = []
+
+    class Counted(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            loaders.append(kwargs.get("num_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Counted)
+    executor = Events()
+    table = bench(specs[:1], tmp_path / "stream", executor, progress=True, batch_size=2, chunk_size=4, workers=1)
+    assert len(loaders) == 1 and loaders == [1]  # 3 chunks, one loader (and its one worker process)
+    assert executor.events == [(kind, chunk, value) for chunk in range(3)
+                               for kind, value in (("batch", 2), ("batch", 2), ("chunk", True))]
+    assert_same_table(table, reference[reference["dataset_spec"] == specs[0]].reset_index(drop=True))
+    loaders.clear()
+    with PoolExecutor(workers=1, kind="thread") as pool:  # chunk by chunk, one loader each
+        bench(specs[:1], tmp_path / "chunks", pool, batch_size=2, chunk_size=4, workers=1)
+    assert len(loaders) == 3
+    (streamed,), (chunked,) = [list((tmp_path / run / "stats").iterdir()) for run in ("stream", "chunks")]
+    for chunk in range(3):
+        with np.load(streamed / f"chunk-{chunk:05d}.npz") as a, np.load(chunked / f"chunk-{chunk:05d}.npz") as b:
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_a_stream_that_fails_keeps_the_chunks_it_finished(tmp_path):
+    """A bad image in the third chunk: the two chunks before it are in the cache, and once the image is
+    fixed the next run computes only the rest."""
+    spec = csv_dataset(tmp_path / "csv")
+    good = (tmp_path / "csv" / "5.png").read_bytes()
+    (tmp_path / "csv" / "5.png").write_bytes(b"not an image")
+    executor = Events()
+    failed = bench([spec], tmp_path / "cache", executor)
+    assert failed["error"].notna().all() and "5.png" in failed["error"].iloc[0]
+    assert ("chunk", 0, True) in executor.events and ("chunk", 1, True) in executor.events
+    assert ("chunk", 2, False) in executor.events
+    (tmp_path / "csv" / "5.png").write_bytes(good)
+    executor = Recording()
+    again = bench([spec], tmp_path / "cache", executor)
+    assert [job.chunk for job in executor.jobs] == [2, 3, 4, 5] and again["error"].isna().all()
+    assert again.attrs["run"]["chunks_cached"] == 2
 
 
 def test_cli_executor_options(data, tmp_path, ray_session):
@@ -156,10 +223,35 @@ def test_cli_executor_options(data, tmp_path, ray_session):
             "--heads", "1,8", "-b", "2", "-j", "0", "--chunk-size", "2", "--cache-dir", str(tmp_path),
             "--no-progress", "-o", str(tmp_path / "t.csv")]
     for bad, message in ((["--ray", "--executor", "local"], "--ray is short for --executor ray"),
-                         (["--gpus-per-task", "1"], "apply to --executor ray only")):
+                         (["--gpus-per-task", "1"], "apply to --executor ray only"),
+                         (["--pool-workers", "2"], "apply to --executor process-pool or thread-pool only"),
+                         (["--executor", "process-pool", "--ray-address", "auto"], "apply to --executor ray only")):
         result = CliRunner().invoke(main, args + bad)
         assert result.exit_code == 2 and message in result.output, result.output
     result = CliRunner().invoke(main, args + ["--ray", "--ray-address", ray_session])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t.csv")
+    expected = reference[reference["dataset_spec"] == specs[0]]
+    assert len(table) == len(expected) and np.allclose(table["mAP"], expected["mAP"], rtol=1e-6, equal_nan=True)
+
+
+def test_executors_are_a_registry_the_cli_reads(data, tmp_path):
+    """Every registered executor is a --executor choice with its summary in --help; the process pool is
+    chosen from the command line and gives the same table."""
+    help_text = CliRunner().invoke(main, ["bench", "--help"], terminal_width=400).output
+    for name, kind in EXECUTORS.items():
+        assert name in help_text and kind.summary.split(",")[0] in help_text
+        if not kind.options:
+            assert type(make_executor(name)).__name__ == kind.build.__name__
+    with pytest.raises(InputError, match="unknown executor 'dask'; choose one of local, process-pool"):
+        make_executor("dask")
+    with make_executor("process-pool", pool_workers=3) as pool:
+        assert pool.describe() == "process-pool (3 workers)" and pool.loader_workers(2) == 0
+    specs, reference = data
+    args = ["bench", "-m", MODEL, "--random-weights", "-d", specs[0], "--img-size", str(IMG), "--lam", "0,0.5",
+            "--heads", "1,8", "-b", "2", "-j", "0", "--chunk-size", "2", "--cache-dir", str(tmp_path),
+            "--no-progress", "-o", str(tmp_path / "t.csv"), "--executor", "process-pool", "--pool-workers", "1"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "t.csv")
     expected = reference[reference["dataset_spec"] == specs[0]]

@@ -116,31 +116,32 @@ card_options = OptionGroup("cards", (
 ), _cards)
 
 
-def _executor(executor, ray, ray_address, gpus_per_task, cpus_per_task):
+def _executor(executor, ray, **options):
     from ..executors import make_executor
 
     if ray and executor != "ray" and click.get_current_context().get_parameter_source("executor") \
             != click.core.ParameterSource.DEFAULT:
         raise OptionError(f"--ray is short for --executor ray; it contradicts --executor {executor}")
     try:
-        return make_executor("ray" if ray else executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
-                             gpus_per_task=gpus_per_task)
+        return make_executor("ray" if ray else executor, **options)
     except InputError as err:
         raise OptionError(str(err)) from None
 
 
-#: → ``executor``: the ``executors.Executor`` that runs the chunk tasks (local, or Ray with its resources).
+#: → ``executor``: the ``executors.Executor`` that runs the chunk tasks, from the registry ``executors.EXECUTORS``
+#: (each executor's options are its own: given with another executor they are refused).
 executor_options = OptionGroup("executor", (
-    click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
-                 help="Where the cache chunks are computed: local (this process) or ray (tasks on a Ray "
-                      "cluster, results written by this process; pip install 'posthoc-csra[ray]')."),
+    click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
+                 help="Where the cache chunks are computed: " + "; ".join(
+                     f"{kind.name}: {kind.summary}" for kind in EXECUTORS.values()) + "."),
     click.option("--ray", is_flag=True, help="Short for --executor ray."),
     click.option("--ray-address", metavar="ADDR|auto",
                  help="Ray cluster to join (auto: the running one). Default: start a local Ray instance."),
-    click.option("--gpus-per-task", type=float, default=0, show_default=True,
-                 help="GPUs per Ray task (with --device cuda)."),
-    click.option("--cpus-per-task", type=float, default=1, show_default=True,
-                 help="CPUs per Ray task; a task starts up to N-1 DataLoader workers (at most --workers)."),
+    click.option("--gpus-per-task", type=float, help="GPUs per Ray task (with --device cuda). Default: 0."),
+    click.option("--cpus-per-task", type=float,
+                 help="CPUs per Ray task; a task starts up to N-1 DataLoader workers (at most --workers). Default: 1."),
+    click.option("--pool-workers", type=click.IntRange(min=1),
+                 help="Processes or threads of --executor process-pool / thread-pool. Default: 2."),
 ), _executor)
 
 
