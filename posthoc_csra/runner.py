@@ -566,6 +566,14 @@ def run_bench(models, datasets: Union[str, Sequence[str]], evaluation: EvalOptio
     return run.execute().table(evaluation)
 
 
+def statistics_pass(models, datasets: Union[str, Sequence[str]], loading: LoadOptions = LoadOptions(), runtime=None,
+                    *, img_sizes: Optional[Sequence[Optional[int]]] = None, source: ModelSource = ModelSource(),
+                    cache_dir=None, executor: Optional[Executor] = None) -> RunStats:
+    """``bench``'s statistics pass alone: every missing cache chunk computed and written, no table
+    (benchmarks/perf.py times it) → what the run did (``RunStats``)."""
+    return _start(models, datasets, img_sizes, source, loading, runtime, cache_dir, executor).execute().stats
+
+
 def load_statistics(model: str, dataset: str, loading: LoadOptions = LoadOptions(), runtime=None, *,
                     img_size: Optional[int] = None, source: ModelSource = ModelSource(), cache_dir=None,
                     executor: Optional[Executor] = None):
@@ -577,4 +585,5 @@ def load_statistics(model: str, dataset: str, loading: LoadOptions = LoadOptions
 
 
 __all__ = ["PreparedModel", "prepare_model", "build_dataset", "pass_fields", "ChunkJob", "ChunkResult",
-           "ChunkTask", "compute_chunk", "stream_chunks", "Pass", "RunStats", "BenchRun", "run_bench", "load_statistics"]
+           "ChunkTask", "compute_chunk", "stream_chunks", "Pass", "RunStats", "BenchRun", "run_bench",
+           "statistics_pass", "load_statistics"]
