@@ -32,6 +32,11 @@ class LocationOutput:
     derived: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 (AMP) → fp32 for the rule; a float64 model keeps float64 (scores as precise as its logits)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class CSRAScorer(nn.Module):
     """``score = base + (λ/H)·Σ_T att_T`` on top of a timm classifier, without retraining.
 
@@ -173,7 +178,7 @@ class CSRAScorer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, C) scores of ``self.method`` in ``self.space``."""
         if self.method == "model" or (self.method == "csra" and self.lam == 0):
-            return self.score_space.base(self.model(x).float())
+            return self.score_space.base(_at_least_fp32(self.model(x)))
         return self.score_output(self.forward_locations(x))
 
     def score_output(self, out: LocationOutput, lam: Optional[float] = None,
@@ -181,12 +186,12 @@ class CSRAScorer(nn.Module):
         """(B, C) scores from an already computed ``forward_locations`` output."""
         space = get_space(space or self.space)
         if self.method in BASELINES:
-            return space.base(BASELINES[self.method].logits(self, out).float())
+            return space.base(_at_least_fp32(BASELINES[self.method].logits(self, out)))
         lam = self.lam if lam is None else lam
-        base = space.base(out.logits.float())
+        base = space.base(_at_least_fp32(out.logits))
         if lam == 0 or self.method == "model":
             return base
-        terms = space.attention_terms(out.location_logits.float(), self.temperatures, self.classifier)
+        terms = space.attention_terms(_at_least_fp32(out.location_logits), self.temperatures, self.classifier)
         return rule.combine(base, terms, lam)
 
     @torch.no_grad()
