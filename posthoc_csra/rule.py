@@ -106,8 +106,8 @@ def attention_terms(s: torch.Tensor, temperatures: Iterable[float], scale: Optio
     finite = list(dict.fromkeys(t for t in temps if not math.isinf(t)))
     terms = {}
     if finite:
-        if s.device.type != "cpu" or torch.compiler.is_compiling():
-            compute = _formula_terms(s, finite, scale)
+        if s.device.type != "cpu" or torch.compiler.is_compiling() or (torch.is_grad_enabled() and s.requires_grad):
+            compute = _formula_terms(s, finite, scale)  # (the CPU paths write in place: no autograd)
         elif bounded and scale is None and all(t.is_integer() and 1 <= t <= MAX_POWER for t in finite):
             compute = _power_terms(s, finite)
         else:

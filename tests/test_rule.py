@@ -210,3 +210,18 @@ def test_location_statistics_are_the_mean_and_the_terms(space):
     assert torch.allclose(terms, sp.attention_terms(z, rule.STAT_TEMPERATURES, classifier), atol=0, rtol=0)
     if space == "prob":
         assert torch.allclose(s, z.softmax(1), atol=1e-6)  # over classes
+
+
+def test_attention_terms_follow_autograd_when_scores_require_grad():
+    """A scorer called outside torch.no_grad (parameters require grad) gets the same terms and a graph."""
+    import torch
+
+    from posthoc_csra.rule import attention_terms
+
+    s = torch.rand(2, 5, 9, requires_grad=True)
+    with torch.no_grad():
+        expected = attention_terms(s, (1.0, 2.0, math.inf), bounded=True)
+    terms = attention_terms(s, (1.0, 2.0, math.inf), bounded=True)
+    torch.testing.assert_close(terms, expected, rtol=1e-5, atol=1e-6)
+    terms.sum().backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
