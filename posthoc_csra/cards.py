@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 from .baselines import METHODS
 from .errors import InputError, MissingInputError
 from .choices import (HEAD_SETS, SPACES, describe_temperatures, format_temperature, parse_temperature,
-                      parse_temperatures, resolve_temperatures)
+                      parse_temperatures, preprocessing_mode, resolve_temperatures)
 
 if TYPE_CHECKING:  # torch stays out of import time
     from torch import nn
@@ -82,7 +82,7 @@ class Preprocessing:
     @property
     def mode(self) -> str:
         """``"full frame"`` or ``"crop 0.875 (center)"``, as bench's ``preprocessing`` column writes it."""
-        return "full frame" if self.full_frame else f"crop {self.crop_pct:g} ({self.crop_mode})"
+        return preprocessing_mode(self.full_frame, self.crop_pct, self.crop_mode)
 
     def describe(self) -> str:
         """``"448 px, full frame"``: for closing lines and figure titles."""

@@ -60,6 +60,11 @@ def parse_temperature(text: str) -> float:
     return INF if text in ("inf", "infinity", "∞") else float(text)
 
 
+def preprocessing_mode(full_frame: bool, crop_pct: float = 0.875, crop_mode: str = "center") -> str:
+    """``"full frame"`` or ``"crop 0.875 (center)"``: the ``preprocessing`` column of every table and output."""
+    return "full frame" if full_frame else f"crop {crop_pct:g} ({crop_mode})"
+
+
 def format_temperature(t: float) -> str:
     """math.inf → ``"inf"``, 1.0 → ``"1"``, 0.25 → ``"0.25"``: the shortest text ``parse_temperature`` reads back
     exactly."""

@@ -526,10 +526,10 @@ class BenchRun:
 
 
 def _preprocessing(ds, cache) -> str:
+    from .choices import preprocessing_mode
+
     config = cache.fields["data_config"]
-    if ds.full_frame:
-        return "full frame"
-    return f"crop {config.get('crop_pct', 0.875):g} ({config.get('crop_mode', 'center')})"
+    return preprocessing_mode(ds.full_frame, config.get("crop_pct", 0.875), config.get("crop_mode", "center"))
 
 
 # ---------------------------------------------------------------- the library functions
