@@ -8,7 +8,7 @@ fits a linear multi-label head (per-class logistic loss, one output per VOC clas
 left out of the loss, L2 strength chosen by k-fold cross-validation on the training part) on the frozen,
 globally average-pooled features (``forward_head(forward_features(x), pre_logits=True)``) of a **training
 part** of the shared VOC2007 trainval images (``part:1/2:SEED:voc2007:...``), preprocessed exactly as
-``bench`` evaluates VOC (the library's own full-frame transform, ``runner.prepare_model``). It writes a timm
+``bench`` evaluates VOC (the library's own full-frame transform, ``prepare.prepare_model``). It writes a timm
 checkpoint (the backbone's weights, classifier replaced by the fitted (20, D) weight and (20,) bias) and a
 weights ``manifest.json`` whose entries have ``num_classes`` 20 and ``label_space`` "voc2007", so ``bench``
 evaluates them on the disjoint **evaluation part** (``part:2/2:SEED:...``, printed at the end) through the
@@ -286,7 +286,8 @@ def fit_heads(shared: Path, out_dir: Optional[Path] = None, models: Sequence[str
 
     from posthoc_csra.datasets import VOC_CLASSES, parse_dataset
     from posthoc_csra.errors import InputError
-    from posthoc_csra.runner import prepare_model
+    from posthoc_csra.options import ModelSource
+    from posthoc_csra.prepare import prepare_model
     from posthoc_csra.tables import write_text
     from posthoc_csra.weights import file_sha256, read_manifest
 
@@ -326,7 +327,7 @@ def fit_heads(shared: Path, out_dir: Optional[Path] = None, models: Sequence[str
             print(f"{name}: reusing {out_dir / manifest[name]['file']} (same source weights and settings)")
     prepared = {}
     for name in todo:  # every head checked before any backbone pass
-        prepared[name] = prepare_model(name, img_size, checkpoint=source_path)
+        prepared[name] = prepare_model(name, img_size, ModelSource(checkpoint=source_path))
         check_head(prepared[name].net, name)
 
     for name, model in prepared.items():

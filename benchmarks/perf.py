@@ -22,7 +22,7 @@ Sections (``--sections a,b,c,d``):
     tf_efficientnet_lite0 weights from the shared weights manifest.
 (c) The lambda-sweep speed of ``average_precision_sweep`` vs scikit-learn
     (``benchmarks/metric_speed.py``).
-(d) ``bench``'s statistics pass (``runner.statistics_pass``: the first, uncached pass, both score
+(d) ``bench``'s statistics pass (``bench.statistics_pass``: the first, uncached pass, both score
     spaces, every head's terms and the pooling baselines, cache chunks written) on real VOC2007 images
     at 448 px with tf_efficientnet_lite0's real weights, against a plain timm DataLoader + model loop
     over the same images and the backbone alone on pre-made tensors, interleaved; then one run over all
@@ -454,7 +454,7 @@ def _forward_loop(image_dir: Path, args, runtime: Runtime, rule: bool) -> int:
     """What ``score_folder`` does minus the table and the file: load, transform, DataLoader, then per batch
     ``model(images)`` (``rule=False``, the plain timm loop) or ``CSRAScorer(images)``; returns images scored."""
     from posthoc_csra.choices import DEFAULT_FULL_FRAME
-    from posthoc_csra.folder import data_transform
+    from posthoc_csra.prepare import data_transform
     from posthoc_csra.images import ImageFiles, collate_images, find_images
     from posthoc_csra.models import load_model
 
@@ -494,7 +494,7 @@ def section_b(args, runtime: Runtime, log) -> dict:
 
     from posthoc_csra.choices import DEFAULT_FULL_FRAME
     from posthoc_csra.folder import score_folder
-    from posthoc_csra.options import LoadOptions, RuleOptions
+    from posthoc_csra.options import LoadOptions, RuleOptions, ScoreTableOptions
 
     logging.getLogger("posthoc_csra").setLevel(logging.WARNING)
     device = runtime.torch_device
@@ -509,7 +509,7 @@ def section_b(args, runtime: Runtime, log) -> dict:
             result = score_folder(image_dir, PIPELINE_MODEL, RuleOptions(lam=LAM, heads=1, space="logit"),
                                   loading=LoadOptions(batch_size=args.batch_size, workers=args.workers, progress=False),
                                   runtime=runtime, img_size=args.img_size, full_frame=DEFAULT_FULL_FRAME,
-                                  output=output)
+                                  table_options=ScoreTableOptions(output=output))
             counts["score_folder"] = result.n_scored
 
         counts: Dict[str, int] = {}
@@ -615,12 +615,13 @@ class StatsPass:
 
     def __init__(self, spec: str, args, runtime: Runtime, workdir: Path, prepared=None):
         from posthoc_csra.options import LoadOptions, ModelSource
-        from posthoc_csra.runner import build_dataset, prepare_model
+        from posthoc_csra.prepare import prepare_model
+        from posthoc_csra.runner import build_dataset
 
         self.args, self.runtime, self.workdir, self.spec = args, runtime, workdir, spec
         self.source = ModelSource(checkpoint=str(_manifest()))
         self.loading = LoadOptions(batch_size=args.batch_size, workers=args.workers, progress=False)
-        self.prepared = prepared or prepare_model(PIPELINE_MODEL, args.d_img_size, checkpoint=self.source.checkpoint)
+        self.prepared = prepared or prepare_model(PIPELINE_MODEL, args.d_img_size, self.source)
         self.dataset = build_dataset(spec, self.prepared.img_size, self.loading)
         self.transform = self.prepared.preprocessing[bool(self.dataset.full_frame)][0]
         self.model = runtime.prepare(self.prepared.net)
@@ -634,7 +635,7 @@ class StatsPass:
 
     def statistics(self, executor=None):
         """``bench``'s first pass: a fresh statistics cache every time (every chunk computed and written)."""
-        from posthoc_csra.runner import statistics_pass
+        from posthoc_csra.bench import statistics_pass
 
         self._runs += 1
         cache = self.workdir / f"cache-{self._runs}"
@@ -993,7 +994,7 @@ def _render_d(args, d, cuda: bool) -> List[str]:
              f" when fewer), the whole frame at {args.d_img_size} px, {PIPELINE_MODEL} with its real weights, batch "
              f"{args.batch_size}, {args.workers} DataLoader workers, {d['reps']} interleaved repetitions after a "
              f"warm-up (model in memory, imports, file cache); medians.", "",
-             "- **statistics pass**: `runner.statistics_pass` — `bench`'s first, uncached pass: every cache chunk "
+             "- **statistics pass**: `bench.statistics_pass` — `bench`'s first, uncached pass: every cache chunk "
              "computed (logits, both score spaces' location means and attention terms at every temperature, the "
              "pooling baselines) and written, into a fresh cache each repetition (local executor: one DataLoader "
              "for the pass).",

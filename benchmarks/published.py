@@ -84,7 +84,7 @@ def _fit_module():
 
 def suites(shared: Path, args, fixture_dir: Path) -> List[Suite]:
     """The published datasets, in table order (the multi-label head's checkpoint is fitted here when missing)."""
-    from posthoc_csra.bench import ModelSource
+    from posthoc_csra.options import ModelSource
 
     coco_root = shared / "data" / "coco2017"
     if not (coco_root / "annotations" / "instances_val2017.json").is_file() or not (coco_root / "val2017").is_dir():
@@ -448,7 +448,7 @@ def lambda_plot(table, path: Path, suite: str, title: str, img_size: int = BAND_
             ax.set_ylabel("test-half mAP (%)", fontsize=10)
             ax.tick_params(labelsize=9)
             ax.grid(alpha=0.3)
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:  # one legend entry per line kind, from every panel (a baseline may be absent in one)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -529,7 +529,8 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from posthoc_csra.bench import EvalOptions, LoadOptions, run_bench
+    from posthoc_csra.bench import run_bench
+    from posthoc_csra.options import EvalOptions, LoadOptions
     from posthoc_csra.paths import shared_dir
     from posthoc_csra.tables import write_table, write_text
 

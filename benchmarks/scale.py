@@ -130,7 +130,8 @@ def main(argv=None) -> int:
 
     import ray
 
-    from posthoc_csra.bench import EvalOptions, LoadOptions, ModelSource, run_bench
+    from posthoc_csra.bench import run_bench
+    from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
     from posthoc_csra.paths import shared_dir
     from posthoc_csra.executors import Faults, LocalExecutor, RayExecutor
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from .baselines import BASELINES
 from .choices import SPACES, STAT_TEMPERATURES
+from .errors import is_out_of_memory
 
 log = logging.getLogger("posthoc_csra")
 
@@ -248,13 +249,6 @@ def scorer_info(scorer) -> dict:
             "baselines": scorer.baseline_notes()}
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """A CUDA (or other device) out-of-memory error, as torch raises it."""
-    import torch
-    return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
-
-
 def chunk_statistics(scorer, dataset, transform, runtime, rows: Tuple[int, int], batch_size: int = 32,
                      workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None
                      ) -> Tuple[Dict[str, np.ndarray], int]:
@@ -428,5 +422,5 @@ def _writer_gone(name: str) -> bool:
 
 
 __all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
-           "scorer_info", "is_out_of_memory", "chunk_statistics", "stream_statistics", "ChunkDone", "StreamFailed",
+           "scorer_info", "chunk_statistics", "stream_statistics", "ChunkDone", "StreamFailed",
            "atomic_path", "clean_temp_files"]

@@ -7,9 +7,10 @@ space, the heads' temperatures (a list, ``math.inf`` written as ``"inf"``: ``[1]
 CSRA code's one head, ``["inf"]`` this library's ``heads=1``), λ, and the val and test mAP it
 was chosen with, on which dataset (short name + fingerprint), with which timm.
 
-    cards = cards_from_table(table)                  # the selected rows of a bench table
+    cards = bench.cards_from_table(table)            # the selected rows of a bench table (bench.py)
     write_cards(cards, "cards/")
-    scorer = scorer_from_card("cards/x.json", model) # refuses a model with other weights
+    scorer = CSRAScorer.from_card("cards/x.json", model)  # refuses a model with other weights
+    prepared = prepare.prepare_scorer(card="cards/x.json")  # or: load the card's model too (prepare.py)
 """
 from __future__ import annotations
 
@@ -23,14 +24,11 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from .baselines import METHODS
 from .errors import InputError, MissingInputError
-from .choices import (HEAD_SETS, SPACES, describe_temperatures, format_temperature, parse_temperature,
-                      parse_temperatures, preprocessing_mode, resolve_temperatures)
+from .choices import (SPACES, describe_temperatures, format_temperature, parse_temperature,
+                      preprocessing_mode, resolve_temperatures)
 
 if TYPE_CHECKING:  # torch stays out of import time
     from torch import nn
-
-    from .options import LoadOptions, ModelSource
-    from .scorer import CSRAScorer
 
 CARD_FORMAT = "posthoc-csra scorer card"
 #: Bumped when a field changes meaning; a card of another version is refused with the reason.
@@ -267,158 +265,6 @@ def check_weights(card: ScorerCard, model: "nn.Module", source: str = "card") ->
             f"--select-on val --save-cards DIR ...` with them")
 
 
-# ---------------------------------------------------------------- card → scorer
-def scorer_from_card(card: Union[ScorerCard, PathLike], model: "nn.Module") -> "CSRAScorer":
-    """The ``CSRAScorer`` a card describes (its method, space, heads and λ) on ``model``, built for the card's
-    input size; feed it images through ``card.preprocessing.transform()`` (the card's size, crop or full frame).
-
-    The weights are checked by identity (``models.weights_of``), which ignores the size the model was built
-    for: a CNN loaded with a plain ``load_model(name)`` runs a card made at 448 px. InputError for a model
-    with other weights, or for a token model built for another size (the fix: ``load_model(name,
-    img_size=<card's size>)``); UnsupportedModelError for a baseline that does not apply to the model."""
-    from .heads import UnsupportedModelError, default_input_size
-    from .scorer import CSRAScorer
-
-    source = "card" if isinstance(card, ScorerCard) else f"--card {card}"
-    card = card if isinstance(card, ScorerCard) else read_card(card)
-    check_weights(card, model, source)
-    size = card.preprocessing.img_size
-    try:
-        return CSRAScorer(model, lam=card.lam, heads=card.rule.temperatures, space=card.rule.space,
-                          input_size=(3, size, size), method=card.rule.method)
-    except UnsupportedModelError as err:
-        built = default_input_size(model)[-2:]
-        if tuple(built) == (size, size):
-            raise
-        raise InputError(f"{source} runs {card.model} at {size} px, but this model was built for "
-                         f"{built[0]}×{built[1]} px inputs and cannot take {size} px ones ({err}). Fix: load it at "
-                         f"the card's size, load_model({card.model!r}, img_size={size}, ...): the same weights, "
-                         f"the same identity") from None
-
-
-def load_card_scorer(card: Union[ScorerCard, PathLike], checkpoint=None, pretrained: Optional[bool] = None):
-    """(model, scorer) for a card: the model loaded once, built for the card's size (as ``bench`` builds it;
-    random weights with bench's seed), then checked against the card's weights identity."""
-    from .runner import prepare_model
-
-    card = card if isinstance(card, ScorerCard) else read_card(card)
-    prepared = prepare_model(card.model, card.preprocessing.img_size, checkpoint, pretrained)
-    return prepared.net, scorer_from_card(card, prepared.net)
-
-
-# ---------------------------------------------------------------- bench table → cards
-def _temperatures(row: dict) -> Tuple[float, ...]:
-    """A table row's head set: its ``temperatures`` cell ("1,2,4,inf", read by ``choices``), else (a table from
-    before that column) its heads cell (a paper head count, also as 4.0 after a CSV round trip, or temperatures
-    "1,inf"); missing (method model or a baseline) → H=1."""
-    if not _is_missing(row.get("temperatures")):
-        return parse_temperatures(str(row["temperatures"]))
-    heads = row.get("heads")
-    if _is_missing(heads):
-        return HEAD_SETS[1]
-    text = str(heads)
-    try:
-        count = float(text)
-    except ValueError:
-        return parse_temperatures(text)
-    return HEAD_SETS[int(count)] if count in HEAD_SETS else (count,)
-
-
-def parse_methods(text: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-    """``"model,csra"`` (or a list) → the methods a card may keep, each one of ``METHODS``."""
-    items = [m.strip() for m in text.split(",")] if isinstance(text, str) else [str(m) for m in text]
-    items = [m for m in items if m]
-    unknown = [m for m in items if m not in METHODS]
-    if not items or unknown:
-        raise InputError(f"bad method list {text!r}: comma-separated methods from {', '.join(METHODS)}")
-    return tuple(dict.fromkeys(items))
-
-
-#: On equal val mAP the simpler choice wins: the model itself, then CSRA (the table's order within: smaller λ,
-#: fewer heads), then the baselines.
-_METHOD_RANK = {"model": 0, "csra": 1}
-
-
-def chosen_rows(table, methods: Sequence[str]) -> List[Tuple[dict, Optional[dict]]]:
-    """Per (model, dataset): the selected val row with the best val mAP among ``methods``, and its test row
-    (same img_size, method, space, heads, temperatures and λ)."""
-    needed = {"model", "dataset", "dataset_spec", "img_size", "split", "method", "space", "heads", "lam", "selected",
-              "mAP"}
-    missing = sorted(needed - set(table.columns))
-    if missing:
-        raise InputError(f"the bench table has no column(s) {', '.join(missing)}; pass the table run_bench returns")
-    table = table[table["error"].isna()] if "error" in table else table
-    val = table[(table["split"] == "val") & table["selected"].fillna(False).astype(bool) & table["mAP"].notna()
-                & table["method"].isin(list(methods))]
-    if val.empty:
-        raise InputError(f"the bench table has no selected validation rows of method {', '.join(methods)}: "
-                         f"cards keep a choice made on a validation split; run bench with --select-on val")
-    rank = val["method"].map(lambda m: _METHOD_RANK.get(m, len(_METHOD_RANK)))
-    val = val.assign(_rank=rank).sort_values(["mAP", "_rank"], ascending=[False, True], kind="stable")
-    chosen = []
-    for _, group in val.groupby(["model", "dataset"], sort=False):
-        best = group.iloc[0].to_dict()
-        test = table[(table["split"] == "test") & (table["model"] == best["model"])
-                     & (table["dataset"] == best["dataset"])]
-        for key in ("img_size", "method", "space", "heads", "temperatures", "lam"):
-            if key not in best:  # a table from before the temperatures column
-                continue
-            test = test[test[key].isna()] if _is_missing(best[key]) else test[test[key] == best[key]]
-        chosen.append((best, test.iloc[0].to_dict() if len(test) else None))
-    return chosen
-
-
-def _is_missing(value) -> bool:
-    """None, NaN or pandas' NA (a table cell)."""
-    import pandas as pd
-
-    return value is None or (not isinstance(value, (str, tuple, list)) and bool(pd.isna(value)))
-
-
-def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Optional["LoadOptions"] = None,
-                     methods: Sequence[str] = METHODS) -> List[ScorerCard]:
-    """One card per (model, dataset) of a ``run_bench(..., select_on="val")`` table.
-
-    The card keeps the selected row with the best validation mAP over img sizes, methods (only
-    ``methods``), spaces and head sets, with the test mAP of the same choice. ``source`` and
-    ``loading``: the run's (as given to ``run_bench``); its models are loaded and its datasets built
-    again the way the run did, to record the weights identity, preprocessing and fingerprint.
-    """
-    import timm
-
-    from .options import LoadOptions, ModelSource
-    from .runner import build_dataset, prepare_model
-
-    source, loading = source or ModelSource(), loading or LoadOptions()
-    models, cards = {}, []
-    for best, test in chosen_rows(table, methods):
-        size = None if _is_missing(best["img_size"]) else int(best["img_size"])
-        if (best["model"], size) not in models:
-            models[best["model"], size] = prepare_model(best["model"], size, source.checkpoint, source.pretrained)
-        prepared = models[best["model"], size]
-        ds = build_dataset(str(best["dataset_spec"]), prepared.img_size, loading)
-        full_frame = bool(getattr(ds, "full_frame", False))
-        method, lam = str(best["method"]), _number(best["lam"])
-        if method == "csra" and lam == 0:
-            method = "model"
-        rule = Rule(method=method, space=str(best["space"]), temperatures=_temperatures(best),
-                    lam=lam or 0.0, pool=None if _is_missing(best.get("pool")) else str(best["pool"]))
-        choice = Choice(dataset=str(ds.short_name), fingerprint=ds.fingerprint(), val_mAP=float(best["mAP"]),
-                        test_mAP=None if test is None else _number(test["mAP"]), n_val=_count(best.get("n_images")),
-                        n_test=None if test is None else _count(test.get("n_images")))
-        cards.append(ScorerCard(
-            model=str(best["model"]), num_classes=int(prepared.net.num_classes),
-            weights=Weights(prepared.weights_label, prepared.weights_key),
-            preprocessing=Preprocessing.from_data_config(prepared.preprocessing[full_frame][1], full_frame),
-            rule=rule, chosen_with=choice, timm=timm.__version__))
-    return cards
-
-
-def _count(value) -> Optional[int]:
-    return None if _is_missing(value) else int(value)
-
-
 __all__ = ["CARD_FORMAT", "CARD_VERSION", "Weights", "Preprocessing", "Rule",
            "Choice", "ScorerCard", "card_to_dict", "card_from_dict", "write_card", "write_cards",
-           "read_card", "card_record", "check_weights", "scorer_from_card", "load_card_scorer",
-           "parse_methods", "chosen_rows", "cards_from_table"]
+           "read_card", "card_record", "check_weights"]

@@ -19,4 +19,14 @@ class MissingInputError(PosthocCsraError, FileNotFoundError):
     """A file or folder the user named does not exist (or has the wrong layout)."""
 
 
-__all__ = ["PosthocCsraError", "InputError", "MissingInputError"]
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocator failure, as Python or torch raises it (``MemoryError``, ``torch.cuda.OutOfMemoryError``, a
+    ``RuntimeError`` saying "out of memory" / "can't allocate memory"): the one test ``prepare.memory_guard``
+    and the statistics pass's batch halving (``cache.py``) use. Torch-free."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and any(words in text for words in
+                                              ("out of memory", "can't allocate memory", "not enough memory")))
+
+
+__all__ = ["PosthocCsraError", "InputError", "MissingInputError", "is_out_of_memory"]

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .options import EvalOptions
+
 from .baselines import BASELINES
-from .classmaps import POOLS, pool_members
+from .classmaps import pool_members
 from .errors import InputError
 from .metrics import (always_positive_classes, average_precision, average_precision_sweep, best_f1_threshold,
                       f1_scores, ranked_classes, topk_f1_scores)
 from .spaces import get_space
-from .choices import SPACES, STAT_TEMPERATURES, check_lam, format_temperatures, resolve_temperatures
+from .choices import STAT_TEMPERATURES, check_lam, format_temperatures, resolve_temperatures
 
 #: Top-k F1: each image predicts its TOPK highest-scoring classes.
 TOPK = 3
@@ -195,29 +198,27 @@ def _stat(stats, key: str) -> np.ndarray:
     return np.asarray(stats[key])
 
 
-def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES, *, class_map=None,
-                   pool: str = "max", select_on: Optional[str] = None, val_fraction: float = 0.5,
-                   split_seed: int = 0, split=None, notes: Optional[Dict[str, Optional[str]]] = None):
+def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, class_map=None, split=None,
+                   notes: Optional[Dict[str, Optional[str]]] = None):
     """Metric rows (columns of ``COLUMNS`` from split to pool) from cached statistics alone.
 
     stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, 8, C) at ``STAT_TEMPERATURES``, and
     optionally ``{space}@{method}`` (N, C) per pooling baseline (all-NaN: the baseline does not apply).
     targets, ignore: (N, C_dataset); class_map: a ``classmaps.ClassMap`` from the model's classes to the
-    dataset's (its unmapped classes are left out). lams: λ values (0 is always added); heads_list: head
-    sets, each a paper head count (1 is T = ∞), a tuple of temperatures or its text (``choices.HEADS_SYNTAX``:
-    "T1" is T = 1 alone); a csra row's ``heads`` is its set's size, ``temperatures`` which temperatures.
-    select_on="val": rows for a val and a test split (``split`` = (val_idx, test_idx), else
-    ``datasets.split_indices(N, val_fraction, split_seed)``), with ``selected`` and val-chosen thresholds.
+    dataset's (its unmapped classes are left out). options: ``options.EvalOptions`` (already checked): λ values
+    (0 is always added), head sets (a csra row's ``heads`` is its set's size, ``temperatures`` which
+    temperatures), spaces, how ImageNet classes pool, and ``select_on="val"``: rows for a val and a test split
+    (``split`` = (val_idx, test_idx), else ``datasets.split_indices(N, val_fraction, split_seed)``), with
+    ``selected`` and val-chosen thresholds.
     notes: per baseline method, why it does not apply to the model (``CSRAScorer.baseline_notes()``); such a
     method gets rows with that reason in ``note``.
     """
     import pandas as pd
 
-    if pool not in POOLS:
-        raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-    if select_on not in (None, "val"):
-        raise InputError(f"select_on must be None or 'val', got {select_on!r}")
-    lams = sorted({check_lam(lam) for lam in lams} | {0.0})
+    from .options import EvalOptions
+
+    options = options or EvalOptions()
+    lams, spaces, pool, select_on = sorted(set(options.lams) | {0.0}), options.spaces, options.pool, options.select_on
     targets, ignore = np.asarray(targets) > 0, np.asarray(ignore, bool)
     members = _members(class_map)
     if class_map is not None:
@@ -226,16 +227,12 @@ def evaluate_stats(stats, targets, ignore, lams, heads_list=(1,), spaces=SPACES,
     if select_on == "val":
         if split is None:
             from .datasets import split_indices
-            split = split_indices(n, val_fraction, split_seed)
+            split = split_indices(n, options.val_fraction, options.split_seed)
         parts = dict(zip(("val", "test"), split))
     else:
         parts = {"all": slice(None)}
     splits = {name: _Split(rows, targets[rows], ignore[rows]) for name, rows in parts.items()}
-    heads_sets = [(h, resolve_temperatures(h)) for h in heads_list]
-    for heads, temps in heads_sets:
-        if any(t not in STAT_TEMPERATURES for t in temps):
-            raise InputError(f"heads {heads}: the statistics hold T in ({format_temperatures(STAT_TEMPERATURES)}) "
-                             f"only")
+    heads_sets = [(h, resolve_temperatures(h)) for h in options.heads]
 
     rows: List[dict] = []
 

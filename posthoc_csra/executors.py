@@ -3,7 +3,7 @@
 A chunk task (``runner.ChunkTask``) turns one ``runner.ChunkJob`` — a cache chunk of one (model,
 dataset, preprocessing) pass — into that chunk's statistics. ``Executor.run(task, jobs, progress)``
 runs tasks and yields a ``Done`` per job as it finishes (in any order), holding the task's result or
-the exception it raised; the driver (``runner.run_bench``) verifies each result and writes it into
+the exception it raised; the driver (``bench.run_bench``) verifies each result and writes it into
 its cache, so workers never touch the cache and a cluster needs no shared filesystem.
 
 ``EXECUTORS`` is the registry ``bench --executor`` reads (name → ``ExecutorKind``: a one-line summary,

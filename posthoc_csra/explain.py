@@ -173,7 +173,6 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
         classes: class names to show (any synonym of the label, case-insensitive); default the
             ``topk`` classes by CSRA score. Shown classes are ordered by CSRA score.
     """
-    from .cards import Preprocessing
     from .images import load_rgb
 
     topk, img_size = check_topk(topk), check_img_size(img_size)
@@ -181,23 +180,18 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
 
     import torch
 
-    from .folder import cap_topk, data_transform, make_runtime, memory_guard
-    from .models import class_names, load_model
-    from .options import ModelSource, RuleOptions
-    from .scorer import CSRAScorer
+    from .folder import cap_topk
+    from .models import class_names
+    from .prepare import memory_guard, prepare_scorer
 
-    rule, source, runtime = rule or RuleOptions(), source or ModelSource(), make_runtime(runtime)
-    lam, heads, space = rule.lam, rule.heads, rule.space
-    with memory_guard(img_size):
-        net = load_model(model, checkpoint=source.checkpoint, pretrained=source.pretrained,
-                         **({"img_size": img_size} if img_size else {}))
-        names = class_names(net)
-        chosen = match_classes(classes, names) if classes else None
-        transform, config = data_transform(net, img_size, full_frame)
-        scorer = runtime.prepare(CSRAScorer(net, lam=lam, heads=heads, space=space, input_size=config["input_size"]))
-        scorer.report()
-        with torch.inference_mode(), runtime.autocast():
-            out = scorer.forward_locations(runtime.inputs(transform(image).unsqueeze(0)))
+    prepared = prepare_scorer(model, rule, source=source, img_size=img_size, full_frame=full_frame, runtime=runtime)
+    net, scorer, runtime, config = prepared.net, prepared.scorer, prepared.runtime, prepared.data_config
+    lam, space = scorer.lam, scorer.space
+    names = class_names(net)
+    chosen = match_classes(classes, names) if classes else None
+    scorer.report()
+    with memory_guard(img_size), torch.inference_mode(), runtime.autocast():
+        out = scorer.forward_locations(runtime.inputs(prepared.transform(image).unsqueeze(0)))
     with torch.inference_mode():
         base = scorer.score_space.base(out.logits.float())[0]
         s = scorer.location_scores(out.location_logits, space)[0]  # (C, L)
@@ -214,7 +208,7 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
         image=Path(path), model=model, image_size=image.size, crop_box=crop_box(image.size, config), grid=grid,
         classes=idx, names=[names[i] for i in idx], base=base[keep].cpu().numpy(), csra=scores[keep].cpu().numpy(),
         maps=maps.cpu().numpy(), attention=attention, lam=float(lam), temperatures=tuple(scorer.temperatures),
-        space=space, preprocessing=Preprocessing.from_data_config(config, full_frame).describe())
+        space=space, preprocessing=prepared.preprocessing.describe())
 
 
 def _upsample(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

@@ -225,16 +225,15 @@ def export_card(card: PathLike, output: PathLike, checkpoint=None, pretrained: O
                 ) -> ExportResult:
     """``posthoc-csra export --card``: the card's scorer (weights checked) at the card's preprocessing,
     exported and checked on real images."""
-    from .cards import load_card_scorer, read_card
-    from .folder import memory_guard
+    from .cards import read_card
+    from .options import ModelSource
+    from .prepare import prepare_scorer
 
     scorer_card = read_card(card)
     paths = check_images(images)
-    preprocessing = scorer_card.preprocessing
-    with memory_guard(preprocessing.img_size):
-        _, scorer = load_card_scorer(scorer_card, checkpoint, pretrained)
-    meta = scorer_metadata(scorer, scorer_card.model, preprocessing, scorer_card, card)
-    return export_scorer(scorer, load_images(paths, preprocessing.transform()), output, meta, atol,
+    prepared = prepare_scorer(source=ModelSource(checkpoint, pretrained), card=scorer_card)
+    meta = scorer_metadata(prepared.scorer, scorer_card.model, prepared.preprocessing, scorer_card, card)
+    return export_scorer(prepared.scorer, load_images(paths, prepared.transform), output, meta, atol,
                          [p.name for p in paths], onnx)
 
 
@@ -244,22 +243,17 @@ def export_model(output: PathLike, rule: "Rule", model: str, checkpoint=None, pr
     """``posthoc-csra export`` with model and rule options (as ``score``): the program takes images preprocessed
     at ``img_size`` (default the model's own), full frame (default, as ``score``) or centre-cropped, as its
     metadata's ``preprocessing`` records."""
-    from .cards import Preprocessing
-    from .folder import memory_guard
+    from .options import ModelSource
     from .parsing import check_img_size
-    from .runner import prepare_model
-    from .scorer import CSRAScorer
+    from .prepare import prepare_scorer
 
     img_size = check_img_size(img_size)
     paths = check_images(images)
-    with memory_guard(img_size):
-        prepared = prepare_model(model, img_size, checkpoint, pretrained)
-        transform, config = prepared.preprocessing[bool(full_frame)]
-        scorer = CSRAScorer(prepared.net, lam=rule.lam, heads=rule.temperatures, space=rule.space,
-                            input_size=config["input_size"], method=rule.method)
-    preprocessing = Preprocessing.from_data_config(config, full_frame)
-    return export_scorer(scorer, load_images(paths, transform), output, scorer_metadata(scorer, model, preprocessing),
-                         atol, [p.name for p in paths], onnx)
+    prepared = prepare_scorer(model, rule, source=ModelSource(checkpoint, pretrained), img_size=img_size,
+                              full_frame=full_frame)
+    return export_scorer(prepared.scorer, load_images(paths, prepared.transform), output,
+                         scorer_metadata(prepared.scorer, model, prepared.preprocessing), atol,
+                         [p.name for p in paths], onnx)
 
 
 __all__ = ["EXPORT_META", "ATOL", "ONNX_ATOL", "ExportCheckError", "ExportCheck", "ExportResult", "check_images",

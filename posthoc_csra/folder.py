@@ -1,7 +1,6 @@
 """Score every image under a folder with a model and the CSRA rule (the library behind ``posthoc-csra score``)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -11,12 +10,12 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import PosthocCsraError
-from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL, MULTI_OBJECT_IMG_SIZE
-from .parsing import check_img_size, check_topk, format_temperatures, parse_temperatures
+from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL
+from .parsing import check_img_size, format_temperatures, parse_temperatures
 from .tables import check_table_path, write_table
 
 if TYPE_CHECKING:  # the option objects are imported where they are used
-    from .options import LoadOptions, ModelSource, RuleOptions
+    from .options import LoadOptions, ModelSource, RuleOptions, ScoreTableOptions
     from .runtime import Runtime
 
 log = logging.getLogger("posthoc_csra")
@@ -28,32 +27,6 @@ SETTINGS_COLUMNS = ("model", "weights", "img_size", "preprocessing", "space", "l
 
 class NothingScoredError(PosthocCsraError, RuntimeError):
     """No image under the folder could be scored (or ``strict`` and some failed)."""
-
-
-class OutOfMemoryError(PosthocCsraError, MemoryError):
-    """The backbone did not fit in memory at this input size and batch size; the message names the options."""
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    text = str(err).lower()
-    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(
-        words in text for words in ("out of memory", "can't allocate memory", "not enough memory"))
-
-
-@contextlib.contextmanager
-def memory_guard(img_size: Optional[int], batch_size: Optional[int] = None):
-    """Turn an allocator failure inside the block into one ``OutOfMemoryError`` line naming ``--img-size``
-    (None: the model's own) and ``--batch-size``; every other exception passes unchanged."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as err:
-        if not _is_out_of_memory(err):
-            raise
-        size = f"--img-size {img_size}" if img_size else "the model's own input size"
-        batch = f", --batch-size {batch_size}" if batch_size else ""
-        raise OutOfMemoryError(f"out of memory running the model at {size}{batch}: pass a smaller --img-size "
-                               f"(the model's own size, or {MULTI_OBJECT_IMG_SIZE} for multi-object photos)"
-                               f"{' or a smaller --batch-size' if batch_size else ''}") from None
 
 
 @dataclass
@@ -83,32 +56,6 @@ def unique_column_names(names: Sequence[str], reserved: Sequence[str] = ()) -> L
     return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
 
 
-def data_transform(model, img_size: Optional[int] = None, full_frame: bool = False):
-    """(transform, data config): timm's own eval preprocessing for the model, at ``img_size`` when given.
-
-    ``full_frame``: the whole image resized to img_size × img_size (timm's ``crop_mode="squash"`` with
-    ``crop_pct=1``), no centre crop — how the paper evaluates VOC and COCO, whose labels cover the whole frame.
-    """
-    from timm.data import create_transform, resolve_model_data_config
-
-    config = resolve_model_data_config(model)
-    if img_size is not None:
-        config["input_size"] = (3, img_size, img_size)
-    if full_frame:
-        config.update(crop_pct=1.0, crop_mode="squash")
-    return create_transform(**config, is_training=False), config
-
-
-def make_runtime(runtime: Union["Runtime", Mapping, None]) -> "Runtime":
-    """A ``runtime.Runtime``: as given, built from its fields (a dict: the CLI's device options, so torch is
-    imported only after the inputs are checked), or the default (CPU)."""
-    from .runtime import Runtime
-
-    if runtime is None:
-        return Runtime()
-    return Runtime(**runtime) if isinstance(runtime, Mapping) else runtime
-
-
 def cap_topk(topk: int, num_classes: int) -> int:
     """``topk``, or the class count with one warning line when it asks for more classes than the model has."""
     if topk > num_classes:
@@ -120,9 +67,8 @@ def cap_topk(topk: int, num_classes: int) -> int:
 def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, *,
                  source: "ModelSource" = None, loading: "LoadOptions" = None,
                  runtime: Union["Runtime", Mapping, None] = None, img_size: Optional[int] = None,
-                 full_frame: bool = DEFAULT_FULL_FRAME, topk: int = 5, all_scores: bool = False,
-                 output: Union[str, Path, None] = None, strict: bool = False,
-                 card: Union[str, Path, None] = None) -> ScoreResult:
+                 full_frame: bool = DEFAULT_FULL_FRAME, card: Union[str, Path, None] = None,
+                 table_options: "ScoreTableOptions" = None) -> ScoreResult:
     """Score every image under ``image_dir``; one row per file, bad files get an ``error``.
 
     rule: ``options.RuleOptions`` (λ, heads, space; default the project's defaults); source: which
@@ -134,6 +80,7 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
     ``card``: a scorer card (``bench --save-cards``); it sets the model, img_size, preprocessing and
     rule (``model``, ``rule``, ``img_size`` and ``full_frame`` are not used), refuses weights other
     than its own, and the table records it (columns ``method``, ``card``, ``card_sha256``).
+    table_options: ``options.ScoreTableOptions`` (topk, all_scores, output, strict).
 
     The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, preprocessing, space, λ,
     temperatures), constant over the rows, so every written file says what produced it. ``output`` (.csv,
@@ -143,13 +90,13 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
     argument, the card and the folder (at least one file that opens as an image) are checked before torch
     is imported and the model loaded.
     """
-    from .cards import Preprocessing, read_card
+    from .cards import read_card
     from .images import check_image_folder
-    from .options import LoadOptions, ModelSource, RuleOptions
+    from .options import LoadOptions, ScoreTableOptions
 
-    rule, source, loading = rule or RuleOptions(), source or ModelSource(), loading or LoadOptions()
-    output = check_table_path(output)
-    topk, img_size = check_topk(topk), check_img_size(img_size)
+    loading, table_options = loading or LoadOptions(), table_options or ScoreTableOptions()
+    output, topk, img_size = check_table_path(table_options.output), table_options.topk, check_img_size(img_size)
+    all_scores, strict = table_options.all_scores, table_options.strict
     scorer_card = read_card(card) if card is not None else None
     paths = check_image_folder(image_dir)
 
@@ -158,35 +105,22 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
     from tqdm.auto import tqdm
 
     from .images import ImageFiles, collate_images, relative_name
-    from .models import check_model_name, class_names, load_model, weights_of
-    from .scorer import CSRAScorer
+    from .models import class_names, weights_of
+    from .prepare import memory_guard, prepare_scorer
 
-    runtime = make_runtime(runtime)
-    lam, space = rule.lam, rule.space
-    if scorer_card is None:
-        check_model_name(model)
-        with memory_guard(img_size, loading.batch_size):
-            net = load_model(model, checkpoint=source.checkpoint, pretrained=source.pretrained,
-                             **({"img_size": img_size} if img_size else {}))
-            transform, config = data_transform(net, img_size, full_frame)
-            scorer = CSRAScorer(net, lam=lam, heads=rule.temperatures, space=space, input_size=config["input_size"])
-        preprocessing = Preprocessing.from_data_config(config, full_frame)
-    else:
-        from .cards import load_card_scorer
-
-        preprocessing = scorer_card.preprocessing
-        with memory_guard(preprocessing.img_size, loading.batch_size):
-            net, scorer = load_card_scorer(scorer_card, source.checkpoint, source.pretrained)
-        transform, config = preprocessing.transform(), preprocessing.data_config()
-        model, lam, space = scorer_card.model, scorer.lam, scorer.space
-    scorer = runtime.prepare(scorer)
+    with memory_guard(img_size, loading.batch_size):  # the message names --batch-size too
+        prepared = prepare_scorer(model, rule, source=source, img_size=img_size, full_frame=full_frame,
+                                  runtime=runtime, card=scorer_card)
+    scorer, net, transform, config = prepared.scorer, prepared.net, prepared.transform, prepared.data_config
+    runtime = prepared.runtime
     runtime.compile_model(net)
     scorer.report()
     names = class_names(net)
     topk = cap_topk(topk, scorer.num_classes)
     height, width = (int(v) for v in config["input_size"][-2:])
-    settings = dict(model=model, weights=weights_of(net)[0], img_size=height if height == width else f"{height}x{width}",
-                    preprocessing=preprocessing.mode, space=space, lam=lam,
+    settings = dict(model=prepared.model, weights=weights_of(net)[0],
+                    img_size=height if height == width else f"{height}x{width}",
+                    preprocessing=prepared.preprocessing.mode, space=scorer.space, lam=scorer.lam,
                     temperatures=format_temperatures(scorer.temperatures))
     if scorer_card is not None:
         from .cards import card_record

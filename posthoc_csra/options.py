@@ -5,6 +5,7 @@ boundary (a Ray task, a pool worker) as one pickled value each. Torch-free.
 * ``EvalOptions``: what is evaluated from the cached statistics (λ list, head sets, spaces, split).
 * ``LoadOptions``: how images reach the backbone (batch, DataLoader workers, cache chunk, mosaics).
 * ``ModelSource``: which weights a model name is loaded with (a checkpoint / manifest, random).
+* ``ScoreTableOptions``: what ``score`` writes (top-k, every class's score, the output file, strict).
 * ``runtime.Runtime`` (device, AMP, channels_last, compile) is the third group of ``run_bench``.
 
 Every value is checked when the object is built, so a bad option fails before any model is loaded.
@@ -16,7 +17,7 @@ import numbers
 from typing import Optional, Tuple
 
 from .errors import InputError
-from .parsing import check_batch_size, check_workers, parse_heads, parse_lams, parse_spaces
+from .parsing import check_batch_size, check_topk, check_workers, parse_heads, parse_lams, parse_spaces
 from .choices import DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_SPACE, SPACES, Heads, check_lam, check_space, \
     resolve_temperatures
 
@@ -135,4 +136,21 @@ class ModelSource:
             raise InputError("pass either a checkpoint or pretrained=False (random weights), not both")
 
 
-__all__ = ["RuleOptions", "EvalOptions", "LoadOptions", "ModelSource"]
+@dataclass(frozen=True)
+class ScoreTableOptions:
+    """What ``score`` (``folder.score_folder``) writes: the ``topk`` classes per image (capped at the class
+    count), ``all_scores`` (one column per class), ``output`` (.csv, .json or .parquet; None: no file) and
+    ``strict`` (fail when any file could not be scored)."""
+
+    topk: int = 5
+    all_scores: bool = False
+    output: Optional[str] = None
+    strict: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "topk", check_topk(self.topk))
+        if self.output is not None:
+            object.__setattr__(self, "output", str(self.output))
+
+
+__all__ = ["RuleOptions", "EvalOptions", "LoadOptions", "ModelSource", "ScoreTableOptions"]

@@ -21,7 +21,7 @@ MIN_IMG_SIZE = 32
 #: The largest input side. timm's classifiers are trained at 160–800 px; one float32 image of 4096² pixels
 #: is already 200 MB and a backbone's activations on it several GB, so larger sides are refused before any
 #: work instead of failing in the allocator (a size below this that still does not fit is reported as
-#: one line too, see ``folder.memory_guard``).
+#: one line too, see ``prepare.memory_guard``).
 MAX_IMG_SIZE = 4096
 
 

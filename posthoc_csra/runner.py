@@ -26,51 +26,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .executors import Done, Executor, Faults, LocalExecutor, Progress
+from .executors import Done, Executor, Faults, Progress
 from .options import EvalOptions, LoadOptions, ModelSource
+from .prepare import PreparedModel, prepare_model
 
 #: A size-dependent spec (mosaics) is checked at this size before any model says its own.
 CHECK_SIZE = 224
 
 
 # ---------------------------------------------------------------- models and datasets (per process)
-@dataclass
-class PreparedModel:
-    """A loaded model with its two preprocessings (``full_frame`` False: timm's crop; True: no crop)."""
-
-    name: str
-    net: "torch.nn.Module"  # noqa: F821
-    preprocessing: dict
-    weights_label: str
-    weights_key: str
-    scorers: dict = field(default_factory=dict)  # (full_frame, runtime) → CSRAScorer, built on first use
-
-    @property
-    def img_size(self) -> int:
-        return int(self.preprocessing[False][1]["input_size"][-1])
-
-
-def prepare_model(name: str, img_size: Optional[int] = None, checkpoint=None,
-                  pretrained: Optional[bool] = None) -> PreparedModel:
-    import torch
-
-    from .models import load_model, weights_of
-    from .folder import data_transform
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random weights (pretrained=False) are then reproducible
-        net = load_model(name, checkpoint=checkpoint, pretrained=pretrained,
-                         **({"img_size": img_size} if img_size else {}))
-    preprocessing = {False: data_transform(net, img_size), True: data_transform(net, img_size, full_frame=True)}
-    label, identity = weights_of(net)
-    return PreparedModel(name, net, preprocessing, label, identity)
-
-
 class _Recent:
     """The last ``size`` values built in this process, by key (models and datasets reused by the
     next chunk task of the same pass)."""
@@ -95,8 +63,7 @@ _BATCH_CAP: Dict[str, int] = {}  # cache key → the batch size that fitted in m
 
 
 def _model(name: str, img_size: Optional[int], source: ModelSource) -> PreparedModel:
-    return _MODELS.get((name, img_size, source),
-                       lambda: prepare_model(name, img_size, source.checkpoint, source.pretrained))
+    return _MODELS.get((name, img_size, source), lambda: prepare_model(name, img_size, source))
 
 
 def build_dataset(spec: str, size: Optional[int], loading: LoadOptions):
@@ -494,10 +461,7 @@ class BenchRun:
             try:
                 stats, info = self.load(p)
                 ds = p.dataset
-                df = evaluate_stats(stats, ds.targets(), ds.ignore_mask(), evaluation.lams, evaluation.heads,
-                                    evaluation.spaces, class_map=p.class_map, pool=evaluation.pool,
-                                    select_on=evaluation.select_on, val_fraction=evaluation.val_fraction,
-                                    split_seed=evaluation.split_seed,
+                df = evaluate_stats(stats, ds.targets(), ds.ignore_mask(), evaluation, class_map=p.class_map,
                                     split=(dataset_split(ds, evaluation.val_fraction, evaluation.split_seed)
                                            if evaluation.select_on else None),
                                     notes=info.get("baselines"))
@@ -532,58 +496,5 @@ def _preprocessing(ds, cache) -> str:
     return preprocessing_mode(ds.full_frame, config.get("crop_pct", 0.875), config.get("crop_mode", "center"))
 
 
-# ---------------------------------------------------------------- the library functions
-def _start(models, datasets, img_sizes, source: ModelSource, loading: LoadOptions, runtime, cache_dir,
-           executor: Optional[Executor]) -> BenchRun:
-    """Check every option and dataset (no model loaded yet) → a run ready to execute."""
-    from .bench import expand_models
-    from .paths import default_cache_dir
-    from .parsing import parse_img_sizes
-    from .runtime import Runtime
-
-    specs = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets or []))
-    if not specs:
-        raise InputError("no datasets: pass --dataset SPEC (imagenet-real:DIR, voc2007:DIR, ...)")
-    names = expand_models(models, source.checkpoint)
-    sizes = parse_img_sizes(list(img_sizes)) if img_sizes else [None]
-    return BenchRun(names, specs, sizes or [None], source, loading, runtime if runtime is not None else Runtime(),
-                    Path(cache_dir or default_cache_dir()).expanduser(), executor or LocalExecutor())
-
-
-def run_bench(models, datasets: Union[str, Sequence[str]], evaluation: EvalOptions = EvalOptions(),
-              loading: LoadOptions = LoadOptions(), runtime=None, *,
-              img_sizes: Optional[Sequence[Optional[int]]] = None, source: ModelSource = ModelSource(),
-              cache_dir=None, executor: Optional[Executor] = None):
-    """The benchmark table: models × img_sizes × datasets, evaluated with ``evaluation`` (columns
-    ``evaluation.COLUMNS``; a model or dataset that fails becomes a row with its ``error``).
-
-    models: names, wildcards, ``@file`` (``bench.expand_models``); datasets: specs (checked before
-    any model is loaded); img_sizes: None (each model's own) and/or ints; runtime: a
-    ``runtime.Runtime`` (default CPU); executor: where chunk tasks run (default ``LocalExecutor``).
-    ``attrs["backbone_images"]``: images through a backbone in this call; ``attrs["run"]``: ``RunStats``.
-    """
-    run = _start(models, datasets, img_sizes, source, loading, runtime, cache_dir, executor)
-    return run.execute().table(evaluation)
-
-
-def statistics_pass(models, datasets: Union[str, Sequence[str]], loading: LoadOptions = LoadOptions(), runtime=None,
-                    *, img_sizes: Optional[Sequence[Optional[int]]] = None, source: ModelSource = ModelSource(),
-                    cache_dir=None, executor: Optional[Executor] = None) -> RunStats:
-    """``bench``'s statistics pass alone: every missing cache chunk computed and written, no table
-    (benchmarks/perf.py times it) → what the run did (``RunStats``)."""
-    return _start(models, datasets, img_sizes, source, loading, runtime, cache_dir, executor).execute().stats
-
-
-def load_statistics(model: str, dataset: str, loading: LoadOptions = LoadOptions(), runtime=None, *,
-                    img_size: Optional[int] = None, source: ModelSource = ModelSource(), cache_dir=None,
-                    executor: Optional[Executor] = None):
-    """The cached statistics ``run_bench`` evaluates for one model on one dataset spec (computed
-    when missing) → (stats: arrays by ``cache.STAT_KEYS`` plus ``logit_base``, scorer info, dataset)."""
-    run = _start([model], [dataset], [img_size], source, loading, runtime, cache_dir, executor).execute()
-    stats, info = run.load(run.passes[0])
-    return stats, info, run.passes[0].dataset
-
-
-__all__ = ["PreparedModel", "prepare_model", "build_dataset", "pass_fields", "ChunkJob", "ChunkResult",
-           "ChunkTask", "compute_chunk", "stream_chunks", "Pass", "RunStats", "BenchRun", "run_bench",
-           "statistics_pass", "load_statistics"]
+__all__ = ["build_dataset", "pass_fields", "ChunkJob", "ChunkResult", "ChunkTask", "compute_chunk", "stream_chunks",
+           "Pass", "RunStats", "BenchRun"]

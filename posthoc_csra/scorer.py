@@ -81,11 +81,34 @@ class CSRAScorer(nn.Module):
         self.method = self._check_method(method)
 
     @classmethod
-    def from_card(cls, card, model: nn.Module) -> "CSRAScorer":
-        """The scorer a scorer card (a path or a loaded card) describes, on ``model`` (weights checked)."""
-        from .cards import scorer_from_card
+    def from_card(cls, card, model: nn.Module, source: Optional[str] = None) -> "CSRAScorer":
+        """The scorer a scorer card (a ``cards.ScorerCard`` or its file) describes — its method, space, heads and
+        λ — on ``model``, built for the card's input size; feed it images through
+        ``card.preprocessing.transform()`` (the card's size, crop or full frame).
 
-        return scorer_from_card(card, model)
+        The weights are checked by identity (``models.weights_of``), which ignores the size the model was built
+        for: a CNN loaded with a plain ``load_model(name)`` runs a card made at 448 px. InputError for a model
+        with other weights, or for a token model built for another size (the fix: ``load_model(name,
+        img_size=<card's size>)``); UnsupportedModelError for a baseline that does not apply to the model.
+        ``source``: how messages name the card (default: its file, or "card")."""
+        from .cards import ScorerCard, check_weights, read_card
+
+        if not isinstance(card, ScorerCard):
+            source, card = source or f"--card {card}", read_card(card)
+        source = source or "card"
+        check_weights(card, model, source)
+        size = card.preprocessing.img_size
+        try:
+            return cls(model, lam=card.lam, heads=card.rule.temperatures, space=card.rule.space,
+                       input_size=(3, size, size), method=card.rule.method)
+        except UnsupportedModelError as err:
+            built = _heads.default_input_size(model)[-2:]
+            if tuple(built) == (size, size):
+                raise
+            raise InputError(f"{source} runs {card.model} at {size} px, but this model was built for "
+                             f"{built[0]}×{built[1]} px inputs and cannot take {size} px ones ({err}). Fix: load it "
+                             f"at the card's size, load_model({card.model!r}, img_size={size}, ...): the same "
+                             f"weights, the same identity") from None
 
     def _check_method(self, method: str) -> str:
         if method in ("csra", "model"):

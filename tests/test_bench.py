@@ -9,9 +9,11 @@ from click.testing import CliRunner
 from PIL import Image
 from test_cache import IMG, TinyImages, forward_count  # noqa: F401  (forward_count is a fixture)
 
-from posthoc_csra import bench
-from posthoc_csra.bench import (COLUMNS, EvalOptions, LoadOptions, ModelSource, class_map_for, expand_models,
-                                parse_heads, parse_lams, parse_spaces, run_bench)
+from posthoc_csra.bench import expand_models, run_bench
+from posthoc_csra.classmaps import class_map_for
+from posthoc_csra.evaluation import COLUMNS
+from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
+from posthoc_csra.parsing import parse_heads, parse_lams, parse_spaces
 from posthoc_csra.cli import main
 from posthoc_csra.cli.bench import markdown_table
 
@@ -167,7 +169,7 @@ def test_cli_bench_every_row_failing_exits_nonzero(tmp_path):
     result = CliRunner().invoke(main, ["bench", "-m", "no_such_model_zz", "-d", _imagenet_dir(tmp_path, 1),
                                        "--cache-dir", str(tmp_path / "c"), "--no-progress"])
     assert result.exit_code == 1 and "unknown timm model" in result.output
-    assert bench.COLUMNS[0] == "model"
+    assert COLUMNS[0] == "model"
 
 
 def test_mosaic_count_only_applies_to_mosaic_specs(small_csv_dataset):
@@ -183,7 +185,7 @@ def test_full_frame_preprocessing_keeps_the_whole_image():
     import timm
     from PIL import Image
 
-    from posthoc_csra.folder import data_transform
+    from posthoc_csra.prepare import data_transform
 
     model = timm.create_model("resnet18", pretrained=False)
     image = Image.new("RGB", (400, 200), (0, 0, 255))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from posthoc_csra.options import EvalOptions
 from posthoc_csra.bootstrap import Interval, Resamples, interval, paired_interval, resample_indices
 
 
@@ -141,8 +142,8 @@ def test_method_scores_are_what_the_table_ranks(pool):
     targets = rng.random((n, len(VOC_CLASSES))) < 0.2
     ignore = (rng.random(targets.shape) < 0.05) & ~targets
     stats = _stats(n)
-    df = evaluate_stats(stats, targets, ignore, [0.1, 0.35], [1, 4], ["logit", "prob"], class_map=cmap, pool=pool,
-                        select_on="val")
+    df = evaluate_stats(stats, targets, ignore, EvalOptions([0.1, 0.35], [1, 4], ["logit", "prob"], pool=pool,
+                                                          select_on="val"), class_map=cmap)
     _, test = split_indices(n)
     t, ign = targets[:, cmap.mapped][test], ignore[:, cmap.mapped][test]
     rows = df[(df["split"] == "test") & df["mAP"].notna()]

@@ -16,7 +16,7 @@ from posthoc_csra.cache import STAT_KEYS, BadImageError, StatsCache, atomic_path
 from posthoc_csra.models import load_model
 from posthoc_csra.runtime import Runtime
 from posthoc_csra.scorer import CSRAScorer
-from posthoc_csra.folder import data_transform
+from posthoc_csra.prepare import data_transform
 
 IMG = 64  # small inputs keep the random models fast
 

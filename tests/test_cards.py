@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from posthoc_csra import cards
+from posthoc_csra import bench, cards
 from posthoc_csra.baselines import BASELINES, METHODS
 from posthoc_csra.bench import run_bench
 from posthoc_csra.models import weights_of
@@ -43,7 +43,7 @@ def bench_table(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def card(bench_table):
-    (only,) = cards.cards_from_table(bench_table, SOURCE, LOADING, methods=("model", "csra"))
+    (only,) = bench.cards_from_table(bench_table, SOURCE, LOADING, methods=("model", "csra"))
     return only
 
 
@@ -90,11 +90,11 @@ def test_chosen_rows_prefer_the_simpler_method_on_ties_and_pair_the_test_row():
                     dict(method="model", mAP=50.0), dict(method="csra", heads=4, lam=0.5, mAP=49.0),
                     dict(method="model", split="test", mAP=40.0),
                     dict(method="csra", heads=1, lam=0.5, split="test", mAP=41.0)])
-    ((best, test),) = cards.chosen_rows(table, METHODS)
+    ((best, test),) = bench.chosen_rows(table, METHODS)
     assert best["method"] == "model" and test["mAP"] == 40.0
-    ((best, test),) = cards.chosen_rows(table, ["csra", "max-pool"])
+    ((best, test),) = bench.chosen_rows(table, ["csra", "max-pool"])
     assert (best["method"], best["heads"], test["mAP"]) == ("csra", 1, 41.0)
-    ((best, test),) = cards.chosen_rows(table, ["max-pool"])
+    ((best, test),) = bench.chosen_rows(table, ["max-pool"])
     assert best["method"] == "max-pool" and test is None  # no test row of that choice
 
 
@@ -128,7 +128,7 @@ def test_a_t1_card_round_trips_and_is_not_heads_1(card, model, tmp_path):
     (path,) = cards.write_cards([t1], tmp_path / "t1")
     data = json.loads(path.read_text())
     assert data["heads"] == [1.0] and cards.read_card(path) == t1 and "T={1}" in t1.describe()
-    scorer = cards.scorer_from_card(path, model)
+    scorer = CSRAScorer.from_card(path, model)
     assert scorer.temperatures == (1.0,)
     x = torch.randn(2, 3, IMG, IMG)
     assert torch.equal(scorer(x), CSRAScorer(model, lam=0.5, heads="T1", space=t1.rule.space)(x))
@@ -152,12 +152,12 @@ def test_chosen_rows_tell_heads_1_from_t1_by_the_temperatures_column():
                     dict(method="csra", heads=1, temperatures="1", lam=0.5, mAP=50.0),
                     dict(method="csra", heads=1, temperatures="inf", lam=0.5, split="test", mAP=40.0),
                     dict(method="csra", heads=1, temperatures="1", lam=0.5, split="test", mAP=41.0)])
-    ((best, test),) = cards.chosen_rows(table, ["csra"])
+    ((best, test),) = bench.chosen_rows(table, ["csra"])
     assert (best["temperatures"], test["mAP"]) == ("1", 41.0)
-    assert cards._temperatures(best) == (1.0,) and cards._temperatures(dict(best, temperatures="inf")) == (math.inf,)
+    assert bench._temperatures(best) == (1.0,) and bench._temperatures(dict(best, temperatures="inf")) == (math.inf,)
     # a table from before the temperatures column: the heads cell alone (a count is the paper's set)
-    assert cards._temperatures({"heads": 1}) == (math.inf,)
-    assert cards._temperatures({"heads": "1,inf"}) == (1.0, math.inf)
+    assert bench._temperatures({"heads": 1}) == (math.inf,)
+    assert bench._temperatures({"heads": "1,inf"}) == (1.0, math.inf)
 
 
 def test_bench_heads_t1_rows_and_card(tmp_path):
@@ -184,7 +184,7 @@ def test_bench_heads_t1_rows_and_card(tmp_path):
 
 def test_scorer_from_card_is_the_scorer_the_card_describes(card, model):
     chosen = _csra_card(card, lam=0.5, space="prob", temperatures=(1.0, math.inf))
-    scorer = cards.scorer_from_card(chosen, model)
+    scorer = CSRAScorer.from_card(chosen, model)
     assert (scorer.lam, scorer.space, scorer.temperatures) == (0.5, "prob", (1.0, math.inf))
     x = torch.randn(2, 3, IMG, IMG)
     expected = CSRAScorer(model, lam=0.5, heads=(1.0, math.inf), space="prob")(x)
@@ -193,7 +193,7 @@ def test_scorer_from_card_is_the_scorer_the_card_describes(card, model):
 
 def test_model_method_card_is_lambda_zero(card, model):
     plain = dataclasses.replace(card, rule=cards.Rule("model", "logit", (math.inf,), 0.0))
-    scorer = cards.scorer_from_card(plain, model)
+    scorer = CSRAScorer.from_card(plain, model)
     x = torch.randn(1, 3, IMG, IMG)
     assert scorer.lam == 0 and torch.equal(scorer(x), model(x))
 
@@ -204,7 +204,7 @@ def test_card_for_other_weights_is_refused(card, tmp_path):
         other = load_model(MODEL, pretrained=False, img_size=IMG)
     (path,) = cards.write_cards([card], tmp_path)
     with pytest.raises(InputError) as err:
-        cards.scorer_from_card(path, other)
+        CSRAScorer.from_card(path, other)
     message = str(err.value)
     assert card.weights.identity in message and weights_of(other)[1] in message
     assert str(path) in message and f"Fix: load {MODEL} with the weights the card names, random" in message
@@ -213,7 +213,7 @@ def test_card_for_other_weights_is_refused(card, tmp_path):
 
 def _file_card(tmp_path, name, size, full_frame=True):
     """A card for ``name`` at ``size`` px made from weights saved to a file, as bench makes one, and the file."""
-    from posthoc_csra.runner import prepare_model
+    from posthoc_csra.prepare import prepare_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
@@ -222,7 +222,7 @@ def _file_card(tmp_path, name, size, full_frame=True):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in weights.items()}, path)
-    prepared = prepare_model(name, size, checkpoint=path)
+    prepared = prepare_model(name, size, ModelSource(checkpoint=path))
     card = cards.ScorerCard(
         model=name, num_classes=prepared.net.num_classes, weights=cards.Weights(*weights_of(prepared.net)),
         preprocessing=cards.Preprocessing.from_data_config(prepared.preprocessing[full_frame][1], full_frame),
@@ -248,7 +248,7 @@ def test_a_448_card_runs_on_a_cnn_loaded_at_its_own_size(tmp_path):
 
 def test_a_448_card_on_the_shared_lite0_weights(shared):
     """The reported case: a card made at 448 px for tf_efficientnet_lite0, applied to load_model(name)."""
-    from posthoc_csra.runner import prepare_model
+    from posthoc_csra.prepare import prepare_model
 
     prepared = prepare_model("tf_efficientnet_lite0", 448)
     card = cards.ScorerCard(
@@ -281,9 +281,9 @@ def test_card_file_names_have_no_stray_underscore(card):
 def test_baseline_choice_is_kept_and_scored_by_the_baseline(bench_table, model):
     val = bench_table[(bench_table["split"] == "val") & bench_table["selected"]]
     best_baseline = val[val["method"].isin(list(BASELINES))]["mAP"].max()
-    (card,) = cards.cards_from_table(bench_table, SOURCE, LOADING, methods=list(BASELINES))
+    (card,) = bench.cards_from_table(bench_table, SOURCE, LOADING, methods=list(BASELINES))
     assert card.rule.method in BASELINES and card.chosen_with.val_mAP == best_baseline and card.lam == 0
-    scorer = cards.scorer_from_card(card, model)
+    scorer = CSRAScorer.from_card(card, model)
     x = torch.randn(2, 3, IMG, IMG)
     expected = CSRAScorer(model, space=card.rule.space, method=card.rule.method)(x)
     assert scorer.method == card.rule.method and torch.equal(scorer(x), expected)
@@ -291,7 +291,7 @@ def test_baseline_choice_is_kept_and_scored_by_the_baseline(bench_table, model):
 
 def test_table_without_a_validation_choice_is_refused(bench_table):
     with pytest.raises(InputError, match="--select-on val"):
-        cards.cards_from_table(bench_table.assign(split="all", selected=pd.NA))
+        bench.cards_from_table(bench_table.assign(split="all", selected=pd.NA))
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -140,12 +140,12 @@ def test_library_uses_the_same_checks(tmp_path):
     from posthoc_csra.explain import explain_image
     from posthoc_csra.folder import score_folder
 
-    from posthoc_csra.options import LoadOptions, RuleOptions
+    from posthoc_csra.options import LoadOptions, RuleOptions, ScoreTableOptions
 
     for make, word in [(lambda: RuleOptions(lam=-1), "λ"), (lambda: RuleOptions(lam=math.nan), "λ"),
                        (lambda: RuleOptions(heads=3), "head"), (lambda: RuleOptions(space="sigmoid"), "space"),
                        (lambda: LoadOptions(batch_size=0), "batch_size"), (lambda: LoadOptions(workers=-1), "workers"),
-                       (lambda: score_folder(tmp_path, topk=0), "topk"), (lambda: score_folder(tmp_path, img_size=0),
+                       (lambda: score_folder(tmp_path, table_options=ScoreTableOptions(topk=0)), "topk"), (lambda: score_folder(tmp_path, img_size=0),
                                                                          "img_size"),
                        (lambda: explain_image(tmp_path / "x.png", topk=0), "topk"),
                        (lambda: explain_image(tmp_path / "x.png", img_size=-5), "img_size")]:
@@ -256,7 +256,7 @@ def test_running_out_of_memory_is_one_line_naming_the_options(tmp_path, monkeypa
 
 
 def test_other_runtime_errors_keep_their_traceback():
-    from posthoc_csra.folder import memory_guard
+    from posthoc_csra.prepare import memory_guard
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         with memory_guard(448, 8):

@@ -1,6 +1,5 @@
 """`posthoc-csra score` end to end on the real shared photos mixed with every kind of bad file."""
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -102,7 +101,7 @@ def test_parrot_is_a_macaw_and_lambda_changes_the_pets_ranking(photos, lite0_wei
 
     from posthoc_csra import CSRAScorer, class_names, load_model
     from posthoc_csra.images import load_rgb
-    from posthoc_csra.folder import data_transform
+    from posthoc_csra.prepare import data_transform
 
     model = load_model("tf_efficientnet_lite0", checkpoint=lite0_weights)
     transform, _ = data_transform(model)
@@ -160,7 +159,7 @@ def test_full_frame_by_default_centre_crop_on_request_and_recorded(photos, lite0
     import torch
 
     from posthoc_csra import CSRAScorer, load_model
-    from posthoc_csra.folder import data_transform
+    from posthoc_csra.prepare import data_transform
     from posthoc_csra.images import load_rgb
 
     out = tmp_path / "s.csv"

@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_cache import IMG, TinyImages
 
-from posthoc_csra import bench, evaluation
+from posthoc_csra.options import EvalOptions
+from posthoc_csra import evaluation
 from posthoc_csra.classmaps import class_map_for
 from posthoc_csra.datasets import VOC_CLASSES, split_indices
 from posthoc_csra.errors import InputError
@@ -15,7 +16,7 @@ from posthoc_csra.evaluation import COLUMN_HELP, COLUMNS, TOPK, evaluate_stats
 from posthoc_csra.metrics import average_precision, best_f1_threshold, f1_scores, topk_f1_scores
 from posthoc_csra.models import load_model
 from posthoc_csra.scorer import CSRAScorer
-from posthoc_csra.folder import data_transform
+from posthoc_csra.prepare import data_transform
 from posthoc_csra.choices import STAT_TEMPERATURES
 
 TOP_C, TOP_O = f"CF1@top{TOPK}", f"OF1@top{TOPK}"
@@ -48,7 +49,7 @@ def tiny_batch():
 def test_rows_equal_direct_scorer_map_and_top3_f1(tiny_batch):
     net, x, ds, stats = tiny_batch
     t, ign = ds.targets(), ds.ignore_mask()
-    df = evaluate_stats(stats, t, ign, [0.1, 0.5], [1, 4, (2.0, math.inf)], ["logit", "prob"])
+    df = evaluate_stats(stats, t, ign, EvalOptions([0.1, 0.5], [1, 4, (2.0, math.inf)], ["logit", "prob"]))
     csra = df[df["method"] == "csra"]
     assert len(csra) == 3 * 2 * 3 and set(csra["lam"]) == {0.0, 0.1, 0.5}  # λ=0 added
     assert (df["n_classes"] == ((t > 0) & ~ign).any(0).sum()).all() and (df["n_images"] == 16).all()
@@ -77,7 +78,8 @@ def test_heads_1_is_t_inf_and_t1_is_t_1_alone(tiny_batch):
     scorer at that head set, and T1 (the official CSRA code's MHA(num_heads=1)) is not heads=1."""
     net, x, ds, stats = tiny_batch
     t, ign = ds.targets(), ds.ignore_mask()
-    df = evaluate_stats(stats, t, ign, [0.5], [1, "T1", "T1+inf", (1.0, 2.0, 4.0, math.inf)], ["logit", "prob"])
+    df = evaluate_stats(stats, t, ign, EvalOptions([0.5], [1, "T1", "T1+inf", (1.0, 2.0, 4.0, math.inf)],
+                                                    ["logit", "prob"]))
     csra = df[(df["method"] == "csra") & (df["lam"] == 0.5)]
     assert csra.groupby("space")["temperatures"].agg(list).to_dict() == {
         space: ["inf", "1", "1,inf", "1,2,4,inf"] for space in ("logit", "prob")}
@@ -114,7 +116,7 @@ def test_class_mapped_rows_pool_members_as_the_space_says(pool):
     stats = _synthetic_stats()
     cmap = class_map_for(1000, ds)
     t, ign, mapped = ds.targets(), ds.ignore_mask(), cmap.mapped
-    df = evaluate_stats(stats, t, ign, [0.5], [1, 8], ["logit", "prob"], class_map=cmap, pool=pool)
+    df = evaluate_stats(stats, t, ign, EvalOptions([0.5], [1, 8], ["logit", "prob"], pool=pool), class_map=cmap)
     assert set(df[df["space"] == "prob"]["pool"]) == {pool} and set(df[df["space"] == "logit"]["pool"]) == {"max"}
     members = [m for m in cmap.members if m]
     tm, im = t[:, mapped], ign[:, mapped]
@@ -150,7 +152,8 @@ def test_methods_selection_and_val_thresholds():
     stats["prob_att"][:] = 0
     lams = [0.0, 0.2, 0.5, 1.0]
     val_idx, test_idx = split_indices(60, 0.5, 3)
-    df = evaluate_stats(stats, t, ign, lams, [1, 8], ["logit", "prob"], select_on="val", split=(val_idx, test_idx))
+    df = evaluate_stats(stats, t, ign, EvalOptions(lams, [1, 8], ["logit", "prob"], select_on="val"),
+                        split=(val_idx, test_idx))
 
     # one row per split for model and each applicable baseline; csra for every heads × λ
     counts = df.groupby(["space", "method"]).size().to_dict()
@@ -198,10 +201,10 @@ def test_methods_selection_and_val_thresholds():
 
 def test_select_on_val_default_split_and_disjoint_halves():
     ds = TinyImages(n=40, n_classes=1000)
-    df = evaluate_stats(_synthetic_stats(), ds.targets(), ds.ignore_mask(), [0.0, 0.2], [1], ["prob"],
-                        select_on="val", val_fraction=0.5, split_seed=3)
-    direct = evaluate_stats(_synthetic_stats(), ds.targets(), ds.ignore_mask(), [0.0, 0.2], [1], ["prob"],
-                            select_on="val", split=split_indices(40, 0.5, 3))
+    df = evaluate_stats(_synthetic_stats(), ds.targets(), ds.ignore_mask(),
+                        EvalOptions([0.0, 0.2], [1], ["prob"], select_on="val", val_fraction=0.5, split_seed=3))
+    direct = evaluate_stats(_synthetic_stats(), ds.targets(), ds.ignore_mask(),
+                            EvalOptions([0.0, 0.2], [1], ["prob"], select_on="val"), split=split_indices(40, 0.5, 3))
     pd.testing.assert_frame_equal(df, direct)
     assert set(df["split"]) == {"val", "test"} and df["selected"].notna().all()
 
@@ -209,29 +212,29 @@ def test_select_on_val_default_split_and_disjoint_halves():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(pool="mean"), "pool"),
     (dict(select_on="test"), "select_on"),
-    (dict(heads_list=[(0.5,)]), "statistics hold T"),
+    (dict(heads=[(0.5,)]), "statistics"),
     (dict(spaces=["logits"]), "score space"),
     (dict(lams=[-0.1]), "λ"),
 ])
 def test_bad_options_are_input_errors(kwargs, match):
     ds = TinyImages(n=10, n_classes=1000)
-    args = dict(lams=[0.1], heads_list=[1], spaces=["logit"]) | kwargs
-    with pytest.raises(InputError, match=match):
-        evaluate_stats(_synthetic_stats(n=10), ds.targets(), ds.ignore_mask(), **args)
+    args = dict(lams=[0.1], heads=[1], spaces=["logit"]) | kwargs
+    with pytest.raises(InputError, match=match):  # the option object refuses them before any statistic is read
+        evaluate_stats(_synthetic_stats(n=10), ds.targets(), ds.ignore_mask(), EvalOptions(**args))
     stats = _synthetic_stats(n=10)
     del stats["prob_att"]
     with pytest.raises(InputError, match="prob_att"):
-        evaluate_stats(stats, ds.targets(), ds.ignore_mask(), [0.1], [1], ["prob"])
+        evaluate_stats(stats, ds.targets(), ds.ignore_mask(), EvalOptions([0.1], [1], ["prob"]))
 
 
 def test_column_help_is_the_one_column_list():
-    assert COLUMNS == list(COLUMN_HELP) and bench.COLUMNS == COLUMNS
+    assert COLUMNS == list(COLUMN_HELP)
     assert all(text and "\n" not in text for text in COLUMN_HELP.values())
     for column in ("mAP", "delta", TOP_C, "CF1@t"):
         assert "%" in COLUMN_HELP[column] or "percentage" in COLUMN_HELP[column]
     ds = TinyImages(n=10, n_classes=1000)
-    df = evaluate_stats(_synthetic_stats(n=10), ds.targets(), ds.ignore_mask(), [0.1], [1], ["logit"],
-                        select_on="val")
+    df = evaluate_stats(_synthetic_stats(n=10), ds.targets(), ds.ignore_mask(),
+                        EvalOptions([0.1], [1], ["logit"], select_on="val"))
     assert list(df.columns) == [c for c in COLUMNS if c in df.columns]
     assert set(evaluation.__all__) >= {"COLUMN_HELP", "COLUMNS", "evaluate_stats"}
 
@@ -257,7 +260,7 @@ def test_a_baseline_that_does_not_apply_gets_rows_that_say_why():
              "logit@max-pool": np.full((n, c), np.nan, np.float32)}
     targets = rng.random((n, c)) < 0.4
     targets[0] = True
-    df = evaluate_stats(stats, targets, np.zeros((n, c), bool), [0.1], spaces=["logit"],
+    df = evaluate_stats(stats, targets, np.zeros((n, c), bool), EvalOptions([0.1], spaces=["logit"]),
                         notes={"max-pool": "needs a spatial feature map; NLC+1 tokens are pooled by the head"})
     row = df[df["method"] == "max-pool"]
     assert len(row) == 1 and row["mAP"].isna().all()

@@ -16,7 +16,8 @@ from posthoc_csra.cli import main
 from posthoc_csra.errors import InputError, MissingInputError
 from posthoc_csra.executors import EXECUTORS, LocalExecutor, PoolExecutor, RayExecutor, make_executor
 from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
-from posthoc_csra.runner import ChunkJob, run_bench
+from posthoc_csra.bench import run_bench
+from posthoc_csra.runner import ChunkJob
 from posthoc_csra.runtime import Runtime
 
 MODEL, IMG = "test_efficientnet", 64

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from posthoc_csra import cards, export
-from posthoc_csra.runner import prepare_model
+from posthoc_csra.options import ModelSource
+from posthoc_csra.prepare import prepare_model
 from posthoc_csra.models import weights_of
 from posthoc_csra.errors import InputError
 from posthoc_csra.scorer import CSRAScorer
@@ -15,7 +16,7 @@ IMG = 64
 
 
 def _scorer(name, space, method="csra"):
-    prepared = prepare_model(name, IMG, pretrained=False)
+    prepared = prepare_model(name, IMG, ModelSource(pretrained=False))
     transform, config = prepared.preprocessing[False]
     scorer = CSRAScorer(prepared.net, lam=0.5, heads=(1.0, math.inf), space=space, input_size=config["input_size"],
                         method=method)
@@ -57,7 +58,7 @@ def test_a_program_that_disagrees_with_the_scorer_is_not_written(photos, tmp_pat
 
 def _card(name="test_efficientnet"):
     """A card for ``name`` with random weights (bench's seed), as bench --save-cards writes it."""
-    prepared = prepare_model(name, IMG, pretrained=False)
+    prepared = prepare_model(name, IMG, ModelSource(pretrained=False))
     return cards.ScorerCard(
         model=name, num_classes=prepared.net.num_classes, weights=cards.Weights(*weights_of(prepared.net)),
         preprocessing=cards.Preprocessing.from_data_config(prepared.preprocessing[True][1], full_frame=True),
@@ -172,7 +173,7 @@ def test_bench_cards_then_score_and_export_with_the_card(shared, photos, tmp_pat
     assert meta["card_file"] == record and meta["card"] == cards.card_to_dict(card)
     transform = card.preprocessing.transform()
     images = export.load_images(export.check_images(photos), transform)
-    scorer = cards.scorer_from_card(card, load_model("tf_efficientnet_lite0"))
+    scorer = CSRAScorer.from_card(card, load_model("tf_efficientnet_lite0"))
     class_columns = table.columns[-card.num_classes:]
     with torch.no_grad():
         scores = scorer(images)

@@ -82,11 +82,12 @@ def test_the_fitted_head_fits_its_training_images(fit, fitted, shared):
 
     from posthoc_csra.datasets import parse_dataset
     from posthoc_csra.metrics import average_precision
-    from posthoc_csra.runner import prepare_model
+    from posthoc_csra.options import ModelSource
+    from posthoc_csra.prepare import prepare_model
 
     train = parse_dataset(fit.part_specs(shared, 0)[0])
     index = np.arange(N_TRAIN)
-    prepared = prepare_model(MODEL, SIZE, checkpoint=fitted)
+    prepared = prepare_model(MODEL, SIZE, ModelSource(checkpoint=fitted))
     x = torch.from_numpy(fit.pooled_features(prepared.net, prepared.preprocessing[True][0], train, index,
                                              workers=0, progress=False))
     with torch.inference_mode():
@@ -108,7 +109,7 @@ def test_the_fitted_head_fits_its_training_images(fit, fitted, shared):
 def test_bench_evaluates_the_evaluation_part_on_all_20_classes_without_a_class_map(fitted, tmp_path):
     from posthoc_csra.classmaps import class_map_for
     from posthoc_csra.options import LoadOptions, ModelSource
-    from posthoc_csra.runner import load_statistics, run_bench
+    from posthoc_csra.bench import load_statistics, run_bench
     from posthoc_csra.weights import read_manifest
 
     spec = f"subset:6:0:{read_manifest(fitted)[MODEL].extra['eval_spec']}"

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
+from posthoc_csra.options import EvalOptions
 from posthoc_csra.errors import InputError
 from posthoc_csra.metrics import (always_positive_classes, average_precision, average_precision_sweep,
                                   best_f1_threshold, f1_scores, ranked_classes, topk_f1_scores, topk_predictions)
@@ -336,7 +337,7 @@ def test_the_table_counts_always_positive_classes():
     targets[:, 3] = False
     stats = {"logit_base": (targets + rng.normal(size=(n, c))).astype(np.float32),
              "logit_att": rng.normal(size=(n, 8, c)).astype(np.float32)}
-    df = evaluate_stats(stats, targets, np.zeros((n, c), bool), [0.5], [1], ["logit"])
+    df = evaluate_stats(stats, targets, np.zeros((n, c), bool), EvalOptions([0.5], [1], ["logit"]))
     assert (df["n_classes"] == 3).all() and (df["n_always_positive"] == 1).all()
     model = df[df["method"] == "model"].iloc[0]
     expected = np.mean([average_precision_score(targets[:, k], stats["logit_base"][:, k]) for k in (0, 2, 4)])
@@ -360,7 +361,7 @@ def test_shared_coco_person_is_excluded_and_counted(shared):
     n, c = t.shape
     stats = {"logit_base": (2 * t + rng.normal(size=(n, c))).astype(np.float32),
              "logit_att": rng.normal(size=(n, 8, c)).astype(np.float32)}
-    df = evaluate_stats(stats, t, g, [0.3], [1], ["logit"], select_on="val", split=ds.split(0.5, 0))
+    df = evaluate_stats(stats, t, g, EvalOptions([0.3], [1], ["logit"], select_on="val"), split=ds.split(0.5, 0))
     assert (df["n_always_positive"] == 1).all()  # person, in the val half and in the test half
     for name, rows in zip(("val", "test"), ds.split(0.5, 0)):
         row = df[(df["method"] == "model") & (df["split"] == name)].iloc[0]

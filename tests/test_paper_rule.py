@@ -17,6 +17,7 @@ import timm
 import torch
 from sklearn.metrics import average_precision_score
 
+from posthoc_csra.options import EvalOptions
 from posthoc_csra import CSRAScorer
 
 PAPER_HEADS = {1: [math.inf], 2: [1, math.inf], 4: [1, 2, 4, math.inf], 6: [1, 2, 3, 4, 5, math.inf],
@@ -119,7 +120,7 @@ def test_bench_rows_are_the_papers_head_at_their_temperatures(setup, heads, temp
     model, x, targets, features, w, _ = setup
     with torch.no_grad():
         stats = {k: v.numpy() for k, v in CSRAScorer(model, space="logit").statistics(x).items()}
-    table = evaluate_stats(stats, targets, np.zeros(targets.shape, bool), [0.7], [heads], ["logit"])
+    table = evaluate_stats(stats, targets, np.zeros(targets.shape, bool), EvalOptions([0.7], [heads], ["logit"]))
     (row,) = table[(table["method"] == "csra") & (table["lam"] == 0.7)].itertuples()
     assert (row.heads, row.temperatures) == (len(temperatures), label)
     paper = per_class_ap(paper_head(features, w, 0.7, temperatures), targets)

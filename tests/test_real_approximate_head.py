@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from posthoc_csra import CSRAScorer
-from posthoc_csra.folder import data_transform
+from posthoc_csra.prepare import data_transform
 from posthoc_csra.images import load_rgb
 from posthoc_csra.models import load_model
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..baselines import METHODS
-from ..cards import parse_methods
+from ..bench import parse_methods
 from ..choices import DEFAULT_HEADS
 from ..datasets import DATASETS
 from ..errors import InputError
@@ -208,7 +208,8 @@ def command(models, weights, datasets, sweep, evaluation, output, markdown, card
     if n_errors and n_errors == len(table):
         raise click.ClickException(f"every model/dataset failed; first error: {table['error'].iloc[0]}")
     if cards["directory"] is not None:
-        from ..cards import cards_from_table, write_cards
+        from ..bench import cards_from_table
+        from ..cards import write_cards
 
         made = cards_from_table(table, ModelSource(**weights), loading, cards["methods"])
         for path, card in zip(write_cards(made, cards["directory"]), made):

@@ -63,14 +63,14 @@ def command(image_dir, card, model, weights, rule, img_size, full_frame, device,
       posthoc-csra score photos/ --card cards/tf_efficientnet_lite0__voc2007@trainval.json -o s.csv
     """
     from ..folder import score_folder
-    from ..options import LoadOptions, ModelSource, RuleOptions
+    from ..options import LoadOptions, ModelSource, RuleOptions, ScoreTableOptions
 
     refuse_with_card(card)
     compile_backbone = loader.pop("compile")
     result = score_folder(image_dir, model, RuleOptions(**rule), source=ModelSource(**weights),
                           loading=LoadOptions(**loader, progress=not no_progress),
                           runtime=dict(**device, compile=compile_backbone), img_size=img_size, full_frame=full_frame,
-                          topk=topk, all_scores=all_scores, output=output, strict=False, card=card)
+                          card=card, table_options=ScoreTableOptions(topk, all_scores, output, strict=False))
     if output is None:
         click.echo(terminal_view(result.table))
     settings = result.settings
