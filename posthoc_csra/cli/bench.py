@@ -145,6 +145,14 @@ executor_options = OptionGroup("executor", (
 ), _executor)
 
 
+#: → ``table_files``: dict(output, markdown): where the table is written.
+table_options = OptionGroup("table_files", (
+    click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_output_path),
+                 help="Write the table: .csv, .parquet or .json (plus a Markdown .md beside it), or .md only."),
+    click.option("--markdown", type=click.Path(dir_okay=False), help="Write the Markdown table here instead."),
+))
+
+
 @click.command("bench", epilog=_columns_epilog())
 @click.option("--models", "-m", "models", multiple=True, metavar="NAMES",
               help="Model names, wildcards (fnmatch over timm.list_models(), or over the manifest's entries "
@@ -156,16 +164,14 @@ executor_options = OptionGroup("executor", (
                    "evaluated the paper's way: the whole image resized to the input size, no centre crop.")
 @sweep_options
 @evaluation_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_output_path),
-              help="Write the table: .csv, .parquet or .json (plus a Markdown .md beside it), or .md only.")
-@click.option("--markdown", type=click.Path(dir_okay=False), help="Write the Markdown table here instead.")
+@table_options
 @card_options
 @data_options
 @device_options
 @loader_options
 @executor_options
 @progress_option
-def command(models, weights, datasets, sweep, evaluation, output, markdown, cards, data, device, loader, executor,
+def command(models, weights, datasets, sweep, evaluation, table_files, cards, data, device, loader, executor,
             no_progress):
     """Benchmark models × datasets × λ × head sets × spaces; print and save a tidy mAP table.
 
@@ -194,6 +200,7 @@ def command(models, weights, datasets, sweep, evaluation, output, markdown, card
     with executor:
         table = run_bench(list(models), list(datasets), options, loading, runtime, img_sizes=sweep["img_sizes"],
                           source=ModelSource(**weights), cache_dir=data["cache_dir"], executor=executor)
+    output, markdown = table_files["output"], table_files["markdown"]
     text = markdown_table(table)
     click.echo(text, nl=False)
     written = []

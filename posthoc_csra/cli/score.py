@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
+from ..options import ScoreTableOptions
 from ..tables import check_table_path
-from .options import (card_option, checked, device_options, full_frame_option, heads_text, img_size_option,
-                      loader_options, model_option, progress_option, refuse_with_card, rule_options, topk_option,
-                      weights_options)
+from .options import (OptionGroup, card_option, checked, device_options, full_frame_option, heads_text,
+                      img_size_option, loader_options, model_option, progress_option, refuse_with_card, rule_options,
+                      topk_option, weights_options)
 
 
 def terminal_view(table) -> str:
@@ -23,6 +24,22 @@ def terminal_view(table) -> str:
     return view.to_string(index=False, na_rep="", float_format="{:.4f}".format)
 
 
+def _table(topk, output, all_scores) -> ScoreTableOptions:
+    return ScoreTableOptions(topk=topk, all_scores=all_scores, output=output)  # --strict: the exit status, below
+
+
+#: → ``table``: ``options.ScoreTableOptions`` (what score writes).
+score_table_options = OptionGroup("table", (
+    topk_option(5, "Top classes per image (at most the model's class count)."),
+    click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(check_table_path),
+                 help="Write all rows to FILE: .csv, .json or .parquet (by extension). Every row records the "
+                      "model, weights, img_size, preprocessing (full frame or crop), space, λ and temperatures "
+                      "(Parquet: also in the file's metadata)."),
+    click.option("--all-scores", is_flag=True, help="One column per class, named by class label, in class order "
+                                                     "(scores in --space units: prob scores can exceed 1)."),
+), _table)
+
+
 @click.command("score")
 @click.argument("image_dir", type=click.Path())
 @card_option
@@ -33,17 +50,10 @@ def terminal_view(table) -> str:
 @full_frame_option
 @device_options
 @loader_options
-@topk_option(5, "Top classes per image (at most the model's class count).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(check_table_path),
-              help="Write all rows to FILE: .csv, .json or .parquet (by extension). Every row records the "
-                   "model, weights, img_size, preprocessing (full frame or crop), space, λ and temperatures "
-                   "(Parquet: also in the file's metadata).")
-@click.option("--all-scores", is_flag=True, help="One column per class, named by class label, in class order "
-                                                  "(scores in --space units: prob scores can exceed 1).")
+@score_table_options
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file could not be scored.")
 @progress_option
-def command(image_dir, card, model, weights, rule, img_size, full_frame, device, loader, topk, output, all_scores,
-            strict, no_progress):
+def command(image_dir, card, model, weights, rule, img_size, full_frame, device, loader, table, strict, no_progress):
     """Score every image under IMAGE_DIR (recursive; every format Pillow reads).
 
     Each photo is fed to the model full frame by default — the whole image resized to the input
@@ -63,14 +73,15 @@ def command(image_dir, card, model, weights, rule, img_size, full_frame, device,
       posthoc-csra score photos/ --card cards/tf_efficientnet_lite0__voc2007@trainval.json -o s.csv
     """
     from ..folder import score_folder
-    from ..options import LoadOptions, ModelSource, RuleOptions, ScoreTableOptions
+    from ..options import LoadOptions, ModelSource, RuleOptions
 
     refuse_with_card(card)
     compile_backbone = loader.pop("compile")
     result = score_folder(image_dir, model, RuleOptions(**rule), source=ModelSource(**weights),
                           loading=LoadOptions(**loader, progress=not no_progress),
                           runtime=dict(**device, compile=compile_backbone), img_size=img_size, full_frame=full_frame,
-                          card=card, table_options=ScoreTableOptions(topk, all_scores, output, strict=False))
+                          card=card, table_options=table)
+    output = table.output
     if output is None:
         click.echo(terminal_view(result.table))
     settings = result.settings
