@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import PosthocCsraError
-from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL, MULTI_OBJECT_IMG_SIZE
-from .parsing import check_img_size, check_topk, format_temperatures, parse_temperatures
+from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL, MULTI_OBJECT_IMG_SIZE, format_temperatures, parse_temperatures
+from .parsing import check_img_size, check_topk
 from .tables import check_table_path, write_table
 
 if TYPE_CHECKING:  # the option objects are imported where they are used
