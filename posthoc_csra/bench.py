@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from .baselines import METHODS
 from .cards import (Choice, Preprocessing, Rule, ScorerCard, Weights, _number)
-from .choices import HEAD_SETS, parse_temperatures
+from .choices import HEAD_SETS, parse_temperatures, resolve_temperatures
 from .errors import InputError, MissingInputError
 from .executors import Executor, LocalExecutor
 from .options import EvalOptions, LoadOptions, ModelSource
@@ -71,7 +71,7 @@ def expand_models(specs: Union[str, Sequence[str], None], checkpoint=None) -> Li
 
 # ---------------------------------------------------------------- the library functions
 def _start(models, datasets, img_sizes, source: ModelSource, loading: LoadOptions, runtime, cache_dir,
-           executor: Optional[Executor]) -> BenchRun:
+           executor: Optional[Executor], extra_heads: tuple = ()) -> BenchRun:
     """Check every option and dataset (no model loaded yet) → a run ready to execute."""
     from .paths import default_cache_dir
     from .parsing import parse_img_sizes
@@ -83,7 +83,7 @@ def _start(models, datasets, img_sizes, source: ModelSource, loading: LoadOption
     names = expand_models(models, source.checkpoint)
     sizes = parse_img_sizes(list(img_sizes)) if img_sizes else [None]
     return BenchRun(names, specs, sizes or [None], source, loading, runtime if runtime is not None else Runtime(),
-                    Path(cache_dir or default_cache_dir()).expanduser(), executor or LocalExecutor())
+                    Path(cache_dir or default_cache_dir()).expanduser(), executor or LocalExecutor(), extra_heads)
 
 
 def run_bench(models, datasets: Union[str, Sequence[str]], evaluation: EvalOptions = EvalOptions(),
@@ -98,7 +98,10 @@ def run_bench(models, datasets: Union[str, Sequence[str]], evaluation: EvalOptio
     ``runtime.Runtime`` (default CPU); executor: where chunk tasks run (default ``LocalExecutor``).
     ``attrs["backbone_images"]``: images through a backbone in this call; ``attrs["run"]``: ``RunStats``.
     """
-    run = _start(models, datasets, img_sizes, source, loading, runtime, cache_dir, executor)
+    from .choices import extra_heads
+
+    run = _start(models, datasets, img_sizes, source, loading, runtime, cache_dir, executor,
+                 extra_heads(evaluation.heads))
     return run.execute().table(evaluation)
 
 
@@ -135,7 +138,7 @@ def _temperatures(row: dict) -> Tuple[float, ...]:
         count = float(text)
     except ValueError:
         return parse_temperatures(text)
-    return HEAD_SETS[int(count)] if count in HEAD_SETS else (count,)
+    return HEAD_SETS[int(count)] if count in HEAD_SETS else resolve_temperatures((count,))
 
 
 def parse_methods(text: Union[str, Sequence[str]]) -> Tuple[str, ...]:

@@ -1,8 +1,10 @@
 """On-disk cache of per-image CSRA statistics: one backbone pass per (model, weights, dataset, preprocessing).
 
-Per image and class it stores what ``CSRAScorer.statistics`` returns: the model's logits, the
-softmax of them, and per score space (logit, prob) the mean over locations and the attention
-terms at ``rule.STAT_TEMPERATURES`` (T = 1..7 and inf, the last being the max over locations).
+Per image and class it stores what ``CSRAScorer.statistics`` returns, as the registered score spaces and
+attention heads declare it: the model's logits, per score space (``spaces.SPACES``) its base (unless it is
+the logits themselves), the mean over locations and the attention terms of the stored heads
+(``choices.STAT_TEMPERATURES``, what the head kinds declare: T = 1..7 and inf, the last being the max over
+locations, plus any ``extra_heads`` a run asks for, which are part of the key).
 That is enough to evaluate any λ, head set and space without the model.
 
 Layout: ``<cache_dir>/stats/<key>/`` holds ``meta.json`` (the fields the key hashes) and, per
@@ -33,13 +35,14 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .baselines import BASELINES
-from .choices import SPACES, STAT_TEMPERATURES
+from .choices import STAT_TEMPERATURES
 from .errors import is_out_of_memory
+from .spaces import SPACES
 
 log = logging.getLogger("posthoc_csra")
 
@@ -47,11 +50,20 @@ log = logging.getLogger("posthoc_csra")
 #: pooling baselines. Part of the key: statistics written by another format are never reused.
 CACHE_FORMAT = 2
 DEFAULT_CHUNK_SIZE = 128
-#: Arrays stored per chunk (``logit_base`` is ``logits`` and is not stored twice); ``{space}@{method}``
-#: holds a pooling baseline's scores (NaN where it does not apply to the model).
-STAT_KEYS: Tuple[str, ...] = ("logits", "prob_base") + tuple(
+#: Arrays stored per chunk, from the registered spaces: ``{space}_base`` unless the space's base is the
+#: logits (``ScoreSpace.base_is_logits``: ``logit_base`` is ``logits`` and is not stored twice), its
+#: ``_mean`` and ``_att``; ``{space}@{method}`` holds a pooling baseline's scores (NaN where it does not
+#: apply to the model).
+STAT_KEYS: Tuple[str, ...] = ("logits",) + tuple(
+    f"{name}_base" for name, space in SPACES.items() if not space.base_is_logits) + tuple(
     f"{space}_{part}" for space in SPACES for part in ("mean", "att")) + tuple(
     f"{space}@{method}" for space in SPACES for method in BASELINES)
+
+
+class Statistics(dict):
+    """The arrays of ``StatsCache.load`` by name; ``heads``: the heads along the ``_att`` arrays' axis 1."""
+
+    heads: tuple = tuple(STAT_TEMPERATURES)
 
 
 class CacheCorruptError(RuntimeError):
@@ -62,9 +74,11 @@ class BadImageError(RuntimeError):
     """An image of a benchmark dataset could not be decoded or transformed (benchmarks need all)."""
 
 
-def cache_key(fields: dict) -> str:
-    """sha256 (hex) of the canonical JSON of everything that changes the numbers."""
-    blob = json.dumps({"cache_format": CACHE_FORMAT, **fields}, sort_keys=True, default=str)
+def cache_key(fields: dict, extra_heads: Sequence = ()) -> str:
+    """sha256 (hex) of the canonical JSON of everything that changes the numbers; ``extra_heads`` (heads
+    stored besides ``STAT_TEMPERATURES``, ``choices.extra_heads``) join it by their tokens when there are any."""
+    extra = {"extra_heads": [h.token for h in extra_heads]} if extra_heads else {}
+    blob = json.dumps({"cache_format": CACHE_FORMAT, **fields, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -98,19 +112,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class StatsCache:
-    """The chunk files of one cache key (see the module docstring)."""
+    """The chunk files of one cache key (see the module docstring). ``heads``: the heads along the ``_att``
+    arrays' axis 1, ``STAT_TEMPERATURES`` then ``extra_heads``."""
 
     def __init__(self, cache_dir: Union[str, Path], fields: dict, n_images: int, n_classes: int,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, extra_heads: Sequence = ()):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.fields = json_ready(fields)
-        self.key = cache_key(self.fields)
+        self.heads = tuple(STAT_TEMPERATURES) + tuple(extra_heads)
+        self.key = cache_key(self.fields, tuple(extra_heads))
         self.path = Path(cache_dir).expanduser() / "stats" / self.key
         self.n_images, self.n_classes, self.chunk_size = int(n_images), int(n_classes), int(chunk_size)
         self.meta = {"cache_format": CACHE_FORMAT, "key": self.key, "fields": self.fields,
                      "n_images": self.n_images, "n_classes": self.n_classes, "chunk_size": self.chunk_size,
-                     "temperatures": [str(t) for t in STAT_TEMPERATURES], "arrays": list(STAT_KEYS)}
+                     "temperatures": [h.meta_text for h in self.heads], "arrays": list(STAT_KEYS)}
         self._open()
 
     def _open(self) -> None:
@@ -146,7 +162,7 @@ class StatsCache:
 
     def _shapes(self, chunk: int) -> Dict[str, tuple]:
         n = self.rows(chunk)[1] - self.rows(chunk)[0]
-        h, c = len(STAT_TEMPERATURES), self.n_classes
+        h, c = len(self.heads), self.n_classes
         return {k: (n, h, c) if k.endswith("_att") else (n, c) for k in STAT_KEYS}
 
     def _read(self, chunk: int) -> Tuple[Optional[dict], Optional[dict], str]:
@@ -199,10 +215,11 @@ class StatsCache:
         write_json_atomic(side_path, {"rows": list(self.rows(chunk)), "bytes": len(blob),
                                       "sha256": hashlib.sha256(blob).hexdigest(), "info": info or {}})
 
-    def load(self) -> Tuple[Dict[str, np.ndarray], dict]:
-        """All chunks as (N, C) / (N, 8, C) float32 arrays (plus ``logit_base``) and the scorer info."""
-        n, h, c = self.n_images, len(STAT_TEMPERATURES), self.n_classes
-        out = {k: np.empty((n, h, c) if k.endswith("_att") else (n, c), np.float32) for k in STAT_KEYS}
+    def load(self) -> Tuple[Statistics, dict]:
+        """All chunks as (N, C) / (N, H, C) float32 arrays (plus ``logit_base``; ``.heads``: the H heads of the
+        ``_att`` arrays) and the scorer info."""
+        n, h, c = self.n_images, len(self.heads), self.n_classes
+        out = Statistics({k: np.empty((n, h, c) if k.endswith("_att") else (n, c), np.float32) for k in STAT_KEYS})
         info: dict = {}
         for chunk in range(self.n_chunks):
             arrays, side, problem = self._read(chunk)
@@ -212,7 +229,10 @@ class StatsCache:
             for k in STAT_KEYS:
                 out[k][start:end] = arrays[k]
             info = info or side.get("info", {})
-        out["logit_base"] = out["logits"]
+        for name, space in SPACES.items():
+            if space.base_is_logits:
+                out[f"{name}_base"] = out["logits"]
+        out.heads = self.heads
         return out, info
 
 
@@ -250,16 +270,18 @@ def scorer_info(scorer) -> dict:
 
 
 def chunk_statistics(scorer, dataset, transform, runtime, rows: Tuple[int, int], batch_size: int = 32,
-                     workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None
-                     ) -> Tuple[Dict[str, np.ndarray], int]:
-    """The statistics of images ``rows[0]:rows[1]`` → ({key in STAT_KEYS: (n, C) or (n, 8, C) float32},
+                     workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None,
+                     heads: Optional[Sequence] = None) -> Tuple[Dict[str, np.ndarray], int]:
+    """The statistics of images ``rows[0]:rows[1]`` → ({key in STAT_KEYS: (n, C) or (n, H, C) float32},
     the batch size that worked): ``stream_statistics`` over this one chunk (its own DataLoader).
     Out of memory on a batch restarts the chunk with half the batch (down to 1), as timm's validate.py
     does. ``on_batch(n_images, batch_index)`` runs before each forward pass (a test hook). Raises
-    BadImageError naming the first image that cannot be loaded.
+    BadImageError naming the first image that cannot be loaded. ``heads``: the heads of the ``_att`` arrays
+    (``StatsCache.heads``; None: the scorer's default, ``STAT_TEMPERATURES``).
     """
     try:
-        (done,) = stream_statistics(scorer, dataset, transform, runtime, [(None, rows)], batch_size, workers, on_batch)
+        (done,) = stream_statistics(scorer, dataset, transform, runtime, [(None, rows)], batch_size, workers, on_batch,
+                                    heads=heads)
     except StreamFailed as failed:
         raise failed.error from None
     return done.arrays, done.batch_size
@@ -286,7 +308,8 @@ class StreamFailed(Exception):
 
 def stream_statistics(scorer, dataset, transform, runtime, chunks: Iterable[Tuple[object, Tuple[int, int]]],
                       batch_size: int = 32, workers: int = 2, on_batch: Optional[Callable[[int, int], None]] = None,
-                      on_images: Optional[Callable[[object, int], None]] = None) -> Iterator[ChunkDone]:
+                      on_images: Optional[Callable[[object, int], None]] = None,
+                      heads: Optional[Sequence] = None) -> Iterator[ChunkDone]:
     """The statistics of many chunks through ONE DataLoader: ``chunks`` yields (tag, rows) and is read lazily,
     as the loader's workers ask for more indices (so a driver can keep planning just ahead of them); each
     chunk comes back as a ``ChunkDone`` as soon as its last batch is through (a driver can write it at once:
@@ -296,7 +319,7 @@ def stream_statistics(scorer, dataset, transform, runtime, chunks: Iterable[Tupl
     (``chunk_statistics``): the statistics are the same bit for bit. ``on_images(tag, n)`` runs after each
     batch (progress). Out of memory on a batch (batch size > 1): the loader is stopped and restarted with half
     the batch at the first unfinished chunk (``ChunkDone.batch_size`` says what fitted). Any other error
-    raises ``StreamFailed`` with the unfinished chunks' tags.
+    raises ``StreamFailed`` with the unfinished chunks' tags. ``heads``: as ``chunk_statistics``.
     """
     import torch
 
@@ -313,7 +336,7 @@ def stream_statistics(scorer, dataset, transform, runtime, chunks: Iterable[Tupl
     while True:
         try:
             yield from _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size, workers,
-                                    on_batch, on_images)
+                                    on_batch, on_images, heads)
             return
         except StreamFailed:
             raise
@@ -329,7 +352,7 @@ def stream_statistics(scorer, dataset, transform, runtime, chunks: Iterable[Tupl
 
 
 def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size, workers, on_batch,
-                 on_images) -> Iterator[ChunkDone]:
+                 on_images, heads) -> Iterator[ChunkDone]:
     """One DataLoader over the unfinished chunks, then over more as they come (see ``stream_statistics``)."""
     import itertools
     import time
@@ -359,7 +382,8 @@ def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size,
                 if on_batch is not None:
                     on_batch(len(images), index)
                 with runtime.autocast():
-                    stats = scorer.statistics(runtime.inputs(images))
+                    x = runtime.inputs(images)
+                    stats = scorer.statistics(x) if heads is None else scorer.statistics(x, heads)
                 for k in STAT_KEYS:
                     buffers[k].append(stats[k].float().cpu().numpy())
                 done_rows, index = done_rows + len(images), index + 1
@@ -421,6 +445,6 @@ def _writer_gone(name: str) -> bool:
     return False
 
 
-__all__ = ["CACHE_FORMAT", "STAT_KEYS", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
+__all__ = ["CACHE_FORMAT", "STAT_KEYS", "Statistics", "StatsCache", "BadImageError", "CacheCorruptError", "cache_key",
            "scorer_info", "chunk_statistics", "stream_statistics", "ChunkDone", "StreamFailed",
            "atomic_path", "clean_temp_files"]

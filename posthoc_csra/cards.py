@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from .baselines import METHODS
 from .errors import InputError, MissingInputError
-from .choices import (SPACES, describe_temperatures, format_temperature, parse_temperature,
-                      preprocessing_mode, resolve_temperatures)
+from .attention import parse_head
+from .choices import SPACES, describe_temperatures, preprocessing_mode, resolve_temperatures
 
 if TYPE_CHECKING:  # torch stays out of import time
     from torch import nn
@@ -150,17 +150,10 @@ class ScorerCard:
 
 
 # ---------------------------------------------------------------- JSON
-def _temperature_text(t: float):
-    """A card's "heads" entry: a JSON number, or "inf" (JSON has no infinity); ``choices`` writes the text."""
-    return format_temperature(t) if math.isinf(t) else t
-
-
-def _card_temperatures(heads) -> Tuple[float, ...]:
-    """A card's "heads": the list of temperatures it writes (``[1.0, "inf"]``), or, written by hand, a head set in
-    ``choices.HEADS_SYNTAX`` (``4``, ``"T1"``); every spelling is read by ``choices``."""
-    if isinstance(heads, list):
-        return tuple(parse_temperature(t) if isinstance(t, str) else float(t) for t in heads)
-    return resolve_temperatures(heads)
+def _card_temperatures(heads) -> tuple:
+    """A card's "heads": the list of heads it writes (``[1.0, "inf"]``, ``AttentionHead.card_value``), or, written
+    by hand, a head set in ``choices.HEADS_SYNTAX`` (``4``, ``"T1"``); every spelling is read by ``choices``."""
+    return resolve_temperatures(tuple(heads) if isinstance(heads, list) else heads)
 
 
 def _number(value) -> Optional[float]:
@@ -174,7 +167,7 @@ def card_to_dict(card: ScorerCard) -> dict:
         "model": card.model, "num_classes": card.num_classes,
         "weights": {"label": card.weights.label, "identity": card.weights.identity},
         "preprocessing": p.to_dict(),
-        "method": r.method, "space": r.space, "heads": [_temperature_text(t) for t in r.temperatures],
+        "method": r.method, "space": r.space, "heads": [parse_head(t).card_value for t in r.temperatures],
         "lam": r.lam, "pool": r.pool,
         "val_mAP": c.val_mAP, "test_mAP": _number(c.test_mAP), "n_val": c.n_val, "n_test": c.n_test,
         "dataset": {"name": c.dataset, "fingerprint": c.fingerprint},
@@ -210,9 +203,6 @@ def card_from_dict(data: dict, source: str = "card") -> ScorerCard:
         raise InputError(f"{source}: unknown method {card.rule.method!r}; known: {', '.join(METHODS)}")
     if card.rule.space not in SPACES:
         raise InputError(f"{source}: unknown space {card.rule.space!r}; known: {', '.join(SPACES)}")
-    if not card.rule.temperatures or any(not t > 0 for t in card.rule.temperatures):
-        raise InputError(f"{source}: heads must be positive temperatures (\"inf\" for max), "
-                         f"got {data['heads']!r}")
     return card
 
 

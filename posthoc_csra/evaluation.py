@@ -137,9 +137,15 @@ def _pooled(scores, members, member_pool):
     return scores if members is None else pool_members(scores, members, member_pool)
 
 
-def _heads_att(att, temps) -> np.ndarray:
-    """(N, 8, C) attention terms at ``STAT_TEMPERATURES`` → their sum over the head set ``temps`` (N, C)."""
-    return att[:, [STAT_TEMPERATURES.index(t) for t in temps]].sum(axis=1)
+def _stored_heads(stats) -> tuple:
+    """The heads along the ``_att`` arrays' axis 1: ``stats.heads`` (``cache.Statistics``), else the default."""
+    return tuple(getattr(stats, "heads", STAT_TEMPERATURES))
+
+
+def _heads_att(att, temps, stored) -> np.ndarray:
+    """(N, H, C) attention terms of the ``stored`` heads → their sum over the head set ``temps`` (N, C), picked
+    by head."""
+    return att[:, [stored.index(t) for t in temps]].sum(axis=1)
 
 
 def _rule_parts(base, att, members, member_pool):
@@ -183,7 +189,8 @@ def method_scores(stats, space: str, method: str = "model", *, heads=1, lam: flo
     base = _stat(stats, f"{space.name}_base")
     if method == "csra":
         temps = resolve_temperatures(heads)
-        parts = _rule_parts(base, _heads_att(_stat(stats, f"{space.name}_att"), temps), members, member_pool)
+        parts = _rule_parts(base, _heads_att(_stat(stats, f"{space.name}_att"), temps, _stored_heads(stats)), members,
+                            member_pool)
         return _rule_scores(*parts[:2], float(np.float64(check_lam(lam)) / len(temps)), parts[2], members,
                             member_pool)
     if method != "model" and method not in BASELINES:
@@ -202,7 +209,8 @@ def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, cla
                    notes: Optional[Dict[str, Optional[str]]] = None):
     """Metric rows (columns of ``COLUMNS`` from split to pool) from cached statistics alone.
 
-    stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, 8, C) at ``STAT_TEMPERATURES``, and
+    stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, H, C) of the heads ``stats.heads``
+    (default ``STAT_TEMPERATURES``), and
     optionally ``{space}@{method}`` (N, C) per pooling baseline (all-NaN: the baseline does not apply).
     targets, ignore: (N, C_dataset); class_map: a ``classmaps.ClassMap`` from the model's classes to the
     dataset's (its unmapped classes are left out). options: ``options.EvalOptions`` (already checked): λ values
@@ -233,6 +241,11 @@ def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, cla
         parts = {"all": slice(None)}
     splits = {name: _Split(rows, targets[rows], ignore[rows]) for name, rows in parts.items()}
     heads_sets = [(h, resolve_temperatures(h)) for h in options.heads]
+    stored = _stored_heads(stats)
+    for heads, temps in heads_sets:
+        if any(t not in stored for t in temps):
+            raise InputError(f"heads {heads}: the statistics hold T in ({format_temperatures(stored)}) only; "
+                             f"bench stores other heads when asked for them")
 
     rows: List[dict] = []
 
@@ -254,7 +267,7 @@ def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, cla
         add(dict(method="model", heads=None, lam=math.nan, _n_heads=0, **common),
             _split_metrics(pooled(base), splits))
         for heads, temps in heads_sets:
-            att_h = _heads_att(att, temps)
+            att_h = _heads_att(att, temps, stored)
             label = format_temperatures(temps)  # heads: how many; temperatures: which (--heads 1 and T1 differ)
             for lam, per_split in zip(lams, _csra_metrics(base, att_h, lams, len(temps), members, member_pool,
                                                           splits)):

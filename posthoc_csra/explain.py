@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
+from .attention import parse_head
 from .parsing import check_img_size, check_topk
 from .spaces import get_space
 from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL
@@ -112,7 +113,7 @@ class Explanation:
     base: np.ndarray  # (k,) the model's scores in ``space``
     csra: np.ndarray  # (k,) base + λ·attention
     maps: np.ndarray  # (k, H, W) per-location scores s in ``space``
-    attention: Dict[float, np.ndarray] = field(default_factory=dict)  # T → (k, H, W) softmax(T·s)
+    attention: Dict[object, np.ndarray] = field(default_factory=dict)  # head → (k, H, W) its weights, e.g. softmax(T·s)
     lam: float = 0.1
     temperatures: Tuple[float, ...] = (math.inf,)
     space: str = "logit"
@@ -138,8 +139,8 @@ def _format_score(value: float, space: str) -> str:
     return f"{value:.{get_space(space).digits}f}"
 
 
-def _format_t(t: float) -> str:
-    return "∞" if math.isinf(t) else f"{t:g}"
+def _format_t(t) -> str:
+    return parse_head(t).describe()
 
 
 def check_figure_path(output: Union[str, Path]) -> Path:
@@ -201,8 +202,8 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
         order[torch.isin(order, torch.tensor(chosen, device=order.device))]
     grid = tuple(int(v) for v in out.grid)
     maps = s[keep].reshape(len(keep), *grid)
-    attention = {t: torch.softmax(t * maps.flatten(1), dim=1).reshape(maps.shape).cpu().numpy()
-                 for t in scorer.temperatures if not math.isinf(t)}
+    weights = {h: h.weights(maps.flatten(1)) for h in scorer.temperatures}  # None: the head draws no map
+    attention = {h: w.reshape(maps.shape).cpu().numpy() for h, w in weights.items() if w is not None}
     idx = keep.cpu().tolist()
     return Explanation(
         image=Path(path), model=model, image_size=image.size, crop_box=crop_box(image.size, config), grid=grid,
@@ -219,9 +220,9 @@ def _upsample(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return torch.nn.functional.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
-def _attention_rows(temperatures: Sequence[float]) -> List[float]:
-    finite = sorted(t for t in temperatures if not math.isinf(t))
-    return finite if len(finite) <= 2 else finite[-1:]
+def _attention_rows(temperatures: Sequence, attention: Dict) -> List:
+    drawn = sorted((parse_head(t) for t in temperatures if t in attention), key=lambda h: h.sort_key())
+    return drawn if len(drawn) <= 2 else drawn[-1:]
 
 
 def render(result: Explanation, output: Union[str, Path], image=None, max_side: int = 448,
@@ -243,7 +244,7 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
     pixels = np.asarray(crop)
     extent = (left, right, bottom, top)  # axes in original image pixels
 
-    rows = [None] + _attention_rows(result.temperatures)  # None: the score map
+    rows = [None] + _attention_rows(result.temperatures, result.attention)  # None: the score map
     k = len(result.classes)
     ncols = math.ceil(k / math.ceil(k / max_columns))
     nrows = math.ceil(k / ncols) * len(rows)

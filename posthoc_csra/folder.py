@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import PosthocCsraError
 from .choices import DEFAULT_FULL_FRAME, DEFAULT_MODEL
-from .parsing import check_img_size, format_temperatures, parse_temperatures
+from .choices import format_temperatures, parse_temperatures
+from .parsing import check_img_size
 from .tables import check_table_path, write_table
 
 if TYPE_CHECKING:  # the option objects are imported where they are used

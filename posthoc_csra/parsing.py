@@ -11,9 +11,7 @@ import numbers
 from typing import Iterable, List, Optional, Union
 
 from .errors import InputError
-from .choices import (HEADS_SYNTAX, SPACES, STAT_TEMPERATURES, Heads, check_lam, check_space,
-                      describe_temperatures, format_head_set, format_temperatures, parse_head_set, parse_temperature,
-                      parse_temperatures, resolve_temperatures)
+from .choices import HEADS_SYNTAX, SPACES, Heads, check_lam, check_space, parse_head_set, resolve_temperatures
 
 #: The smallest input side. timm's networks downsample by up to 32 (CNN stages; ViT/Swin patches of
 #: 16 or 32 pixels), so a smaller input leaves less than one location per side to score.
@@ -117,9 +115,9 @@ def _items(text) -> list:
 def parse_heads(text: Union[str, int, Iterable[Heads]]) -> List[Heads]:
     """Bench's head sets: ``"1,4,8,T1,T1+inf"`` (comma-separated, each in ``choices.HEADS_SYNTAX``), one head
     count, or a list of head sets (``[1, 4, (1.0,)]``) → [1, 4, 8, (1.0,), (1.0, inf)]
-    (``choices.parse_head_set``'s normal forms); duplicates (the same temperatures) dropped, order kept. Every
-    temperature must be one the statistics cache holds (``choices.STAT_TEMPERATURES``: 1..7 and inf), since
-    bench evaluates from it."""
+    (``choices.parse_head_set``'s normal forms); duplicates (the same heads) dropped, order kept. Heads the
+    statistics cache does not store by default (``choices.STAT_TEMPERATURES``: 1..7 and inf) are computed
+    into a cache of their own (``choices.extra_heads``)."""
     if isinstance(text, str):
         items = [p.strip() for p in text.split(",") if p.strip()]
     elif isinstance(text, numbers.Integral):
@@ -134,13 +132,9 @@ def parse_heads(text: Union[str, int, Iterable[Heads]]) -> List[Heads]:
             value = parse_head_set(item)
         except InputError as err:
             raise err if len(items) == 1 else InputError(f"{err} (in the head list {text!r})") from None
-        temperatures = resolve_temperatures(value)
-        missing = [t for t in temperatures if t not in STAT_TEMPERATURES]
-        if missing:
-            raise InputError(f"bad head list {text!r}: bench evaluates from cached statistics, which hold "
-                             f"{describe_temperatures(STAT_TEMPERATURES)} only, not {describe_temperatures(missing)}")
-        if tuple(sorted(temperatures)) not in seen:
-            seen.add(tuple(sorted(temperatures)))
+        same = tuple(sorted(resolve_temperatures(value), key=lambda h: h.sort_key()))
+        if same not in seen:
+            seen.add(same)
             heads.append(value)
     return heads
 
@@ -153,6 +147,4 @@ def parse_spaces(text: Union[str, Iterable[str]]) -> List[str]:
 
 
 __all__ = ["MIN_IMG_SIZE", "MAX_IMG_SIZE", "check_lam", "check_topk", "check_batch_size", "check_workers", "check_img_size",
-           "parse_img_sizes", "parse_lams", "parse_heads", "parse_spaces",
-           # head sets: parsed and written in one place, choices.py (re-exported here for the option checks)
-           "parse_head_set", "format_head_set", "parse_temperature", "parse_temperatures", "format_temperatures"]
+           "parse_img_sizes", "parse_lams", "parse_heads", "parse_spaces"]

@@ -104,6 +104,14 @@ class ChunkJob:
     rows: Tuple[int, int]
     key: str  # the driver's cache key; the worker checks it builds the same model and dataset
     label: str  # "model @size on dataset", for progress and errors
+    heads: tuple = ()  # heads stored besides the default ones (``choices.extra_heads``; part of the key)
+
+    @property
+    def stored_heads(self) -> Optional[tuple]:
+        """The heads of the chunk's ``_att`` arrays (``cache.StatsCache.heads``); None: the default ones."""
+        from .choices import STAT_TEMPERATURES
+
+        return STAT_TEMPERATURES + self.heads if self.heads else None
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,7 @@ def compute_chunk(job: ChunkJob, faults: Optional[Faults] = None) -> ChunkResult
         start = time.perf_counter()
         scorer, ds, transform, key, asked = _pass_setup(job, faults)
         arrays, batch_size = chunk_statistics(scorer, ds, transform, job.runtime, job.rows, asked, job.loading.workers,
-                                              faults.before_batch if faults is not None else None)
+                                              faults.before_batch if faults is not None else None, job.stored_heads)
         if batch_size < asked:  # out of memory: the next chunks of this pass start with what fitted
             _BATCH_CAP[key] = batch_size
         return ChunkResult(key, job.rows, arrays, scorer_info(scorer), time.perf_counter() - start, batch_size,
@@ -164,7 +172,7 @@ def _pass_setup(job: ChunkJob, faults: Optional[Faults]):
         faults.before_task(job.model)
     prepared = _model(job.model, job.img_size, job.source)
     ds = build_dataset(job.dataset, prepared.img_size, job.loading)
-    key = cache_key(pass_fields(prepared, ds, job.runtime))
+    key = cache_key(pass_fields(prepared, ds, job.runtime), job.heads)
     if key != job.key:
         raise RuntimeError(f"{job.label}: this worker ({socket.gethostname()}) builds another model, weights, "
                            f"dataset or timm version than the driver (cache key {key[:12]} ≠ {job.key[:12]}); "
@@ -228,7 +236,7 @@ def _stream_pass(jobs: _Jobs, first: ChunkJob, faults: Optional[Faults], progres
             try:
                 for done in stream_statistics(scorer, ds, transform, first.runtime, chunks, asked,
                                               first.loading.workers, faults.before_batch if faults else None,
-                                              progress):
+                                              progress, first.stored_heads):
                     job = done.tag
                     if done.batch_size < asked:  # out of memory: later passes of this key start with what fitted
                         _BATCH_CAP[key] = done.batch_size
@@ -307,8 +315,10 @@ class BenchRun:
     """One benchmark run in the driver: checks, plans, collects and evaluates (see the module docstring)."""
 
     def __init__(self, names: Sequence[str], specs: Sequence[str], img_sizes: Sequence[Optional[int]],
-                 source: ModelSource, loading: LoadOptions, runtime, cache_dir: Path, executor: Executor):
+                 source: ModelSource, loading: LoadOptions, runtime, cache_dir: Path, executor: Executor,
+                 extra_heads: tuple = ()):
         self.names, self.specs, self.img_sizes = list(names), list(specs), list(img_sizes)
+        self.extra_heads = tuple(extra_heads)  # stored besides the default heads (``choices.extra_heads``)
         self.source, self.runtime, self.cache_dir, self.executor = source, runtime, cache_dir, executor
         self.loading = replace(loading, workers=executor.loader_workers(loading.workers))
         self.passes: List[Pass] = []
@@ -351,7 +361,7 @@ class BenchRun:
             p.dataset = build_dataset(p.spec, prepared.img_size, self.loading)
             p.class_map = class_map_for(prepared.net.num_classes, p.dataset)
             p.cache = StatsCache(self.cache_dir, pass_fields(prepared, p.dataset, self.runtime), len(p.dataset),
-                                 prepared.net.num_classes, self.loading.chunk_size)
+                                 prepared.net.num_classes, self.loading.chunk_size, self.extra_heads)
             p.leader = self._leaders.get(p.cache.key)  # the same statistics as an earlier pass (sizes None, 224)
             todo = [] if p.leader is not None else p.cache.missing_chunks()
         except Exception as err:
@@ -371,7 +381,7 @@ class BenchRun:
                 self._progress(-sum(todo_images[i:]), 0)
                 return
             yield ChunkJob(p.model, p.img_size, self.source, p.spec, self.loading, self.runtime, chunk,
-                           p.cache.rows(chunk), p.cache.key, label)
+                           p.cache.rows(chunk), p.cache.key, label, self.extra_heads)
 
     def _fail(self, p: Pass, err: BaseException, estimate: int) -> None:
         p.error = p.error or err

@@ -11,7 +11,7 @@ from torch import nn
 from . import heads as _heads
 from . import rule
 from .baselines import BASELINES, METHODS
-from .choices import STAT_TEMPERATURES, check_lam
+from .choices import STAT_TEMPERATURES, Heads, check_lam, resolve_temperatures
 from .errors import InputError
 from .heads import UnsupportedModelError
 from .spaces import SPACES, LinearClassifier, ScoreSpace, get_space
@@ -49,7 +49,7 @@ class CSRAScorer(nn.Module):
         lam: the residual-attention weight λ ≥ 0; 0 returns the model's own logits (``space="logit"``)
             or their softmax (``space="prob"``). In logit space a λ means what it means in the paper.
         heads: a paper head count (1, 2, 4, 6, 8 → temperatures ``choices.HEAD_SETS``) or explicit
-            temperatures, e.g. ``(1, math.inf)``.
+            heads (``attention.py``), e.g. ``(1, math.inf)`` or ``"T1+inf"``.
         space: a registered score space (``spaces.SPACES``): ``"logit"`` (the paper) or ``"prob"``
             (softmax probabilities per location; better for softmax-trained ImageNet models).
         input_size: (C, H, W) of the probe input; defaults to the size the model was built for.
@@ -61,7 +61,7 @@ class CSRAScorer(nn.Module):
     ``normalized`` (the classifier is linear, so logit-space scores use L2-normalised weights).
     """
 
-    def __init__(self, model: nn.Module, lam: float = 0.1, heads: rule.Heads = 1, space: str = "logit",
+    def __init__(self, model: nn.Module, lam: float = 0.1, heads: Heads = 1, space: str = "logit",
                  input_size: Optional[Sequence[int]] = None, method: str = "csra"):
         super().__init__()
         if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
@@ -69,7 +69,7 @@ class CSRAScorer(nn.Module):
                 f"{type(model).__name__} has no forward_features/forward_head; pass a timm classifier")
         self.model = model.eval()
         self.lam = check_lam(lam)
-        self.temperatures = rule.resolve_temperatures(heads)
+        self.temperatures = resolve_temperatures(heads)
         self.space = get_space(space).name
         self.head_kind = _heads.head_kind(model)
         self._probe(_heads.default_input_size(model, input_size))
@@ -218,12 +218,12 @@ class CSRAScorer(nn.Module):
         return rule.combine(base, terms, lam)
 
     @torch.no_grad()
-    def statistics(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def statistics(self, x: torch.Tensor, heads: Sequence = STAT_TEMPERATURES) -> Dict[str, torch.Tensor]:
         """Everything any λ, head set, space and method needs, from one backbone pass (fp32, on CPU).
 
         ``logits`` (B, C); per space ``{space}_base`` (B, C), ``{space}_mean`` (B, C) the mean of the
-        location scores ``s``, ``{space}_att`` (B, 8, C) the attention terms for ``choices.STAT_TEMPERATURES``
-        in the base's units (score = base + (λ/H)·Σ_T att_T), and per baseline ``{space}@{method}`` (B, C)
+        location scores ``s``, ``{space}_att`` (B, H, C) the attention terms of ``heads`` (default
+        ``choices.STAT_TEMPERATURES``, what the statistics cache stores) in the base's units (score = base + (λ/H)·Σ_T att_T), and per baseline ``{space}@{method}`` (B, C)
         (NaN where the baseline does not apply; ``baseline_notes()`` says why).
         """
         out = self.forward_locations(x)
@@ -236,8 +236,7 @@ class CSRAScorer(nn.Module):
         stats = {"logits": logits}
         for name, space in SPACES.items():
             stats[f"{name}_base"] = space.base(logits)
-            stats[f"{name}_mean"], stats[f"{name}_att"] = space.location_statistics(z, STAT_TEMPERATURES,
-                                                                                   self.classifier)
+            stats[f"{name}_mean"], stats[f"{name}_att"] = space.location_statistics(z, heads, self.classifier)
             for method, values in method_logits.items():
                 stats[f"{name}@{method}"] = space.base(values)
         return {k: v.cpu() for k, v in stats.items()}

@@ -4,7 +4,7 @@ A space turns one backbone pass — the model's logits (B, C) and the classifier
 location, ``z`` (B, C, L) — into the two parts of the rule ``score = base + (λ/H)·Σ_T att_T``:
 
 * ``base(logits)`` (B, C): the model's own output in this space, so λ = 0 reproduces the model;
-* ``attention_terms(z, temperatures, classifier)`` (B, H, C): one attention term per temperature,
+* ``attention_terms(z, heads, classifier)`` (B, H, C): one attention term per head (``attention.py``),
   *in the base's units*, so that the sum above is the paper's head up to a positive affine map per class
   (every per-class ranking is the paper's, and a λ read in the paper means the same here).
 
@@ -39,6 +39,9 @@ class ScoreSpace:
     location_label = ""
     #: decimals a score of this space is printed with
     digits = 3
+    #: ``base(logits)`` is the logits themselves: the statistics cache stores them once, as ``logits``,
+    #: instead of a ``{name}_base`` array (``cache.STAT_KEYS``)
+    base_is_logits = False
 
     def base(self, logits: "Tensor") -> "Tensor":
         """(B, C) model logits → (B, C) base scores."""
@@ -48,21 +51,21 @@ class ScoreSpace:
         """(B, C, L) per-location logits → (B, C, L) the attention's input ``s``."""
         raise NotImplementedError
 
-    def attention_terms(self, z: "Tensor", temperatures: Sequence[float],
+    def attention_terms(self, z: "Tensor", heads: Sequence,
                         classifier: Optional[LinearClassifier] = None, scores: Optional["Tensor"] = None) -> "Tensor":
-        """(B, C, L) per-location logits → (B, H, C) attention terms in the base's units.
+        """(B, C, L) per-location logits → (B, H, C) attention terms in the base's units, one per head.
 
         ``scores``: ``location_scores(z, classifier)`` when the caller already has them (computed once)."""
         from .rule import attention_terms
 
-        return attention_terms(self.location_scores(z, classifier) if scores is None else scores, temperatures)
+        return attention_terms(self.location_scores(z, classifier) if scores is None else scores, heads)
 
-    def location_statistics(self, z: "Tensor", temperatures: Sequence[float],
+    def location_statistics(self, z: "Tensor", heads: Sequence,
                             classifier: Optional[LinearClassifier] = None) -> Tuple["Tensor", "Tensor"]:
         """(B, C, L) per-location logits → (the mean of ``s`` over locations (B, C), the attention terms
         (B, H, C)): what the statistics cache stores per space, with ``s`` formed once."""
         s = self.location_scores(z, classifier)
-        return s.mean(dim=-1), self.attention_terms(z, temperatures, classifier, scores=s)
+        return s.mean(dim=-1), self.attention_terms(z, heads, classifier, scores=s)
 
     def member_pool(self, pool: str) -> str:
         """How an ImageNet→VOC/COCO class map pools member classes ("max" or "sum") in this space."""
@@ -86,6 +89,7 @@ class LogitSpace(ScoreSpace):
     label = "logits"
     location_label = "logit of the L2-normalised classifier"
     digits = 2
+    base_is_logits = True
 
     def base(self, logits):
         return logits
@@ -95,15 +99,16 @@ class LogitSpace(ScoreSpace):
             return z
         return (z - classifier.bias.view(1, -1, 1)) / classifier.weight_norm.view(1, -1, 1)
 
-    def attention_terms(self, z, temperatures, classifier=None, scores=None):
+    def attention_terms(self, z, heads, classifier=None, scores=None):
         from .rule import attention_terms
 
         if classifier is None:
-            return attention_terms(z, temperatures)
+            return attention_terms(z, heads)
         # ‖w_c‖·att_T((z − b_c)/‖w_c‖) = att at temperature T/‖w_c‖ of z itself, minus b_c: the softmax over
         # locations ignores the constant b_c/‖w_c‖, and its weighted mean of (z − b_c)/‖w_c‖, scaled by ‖w_c‖,
-        # is that of z minus b_c (T = ∞: max_k z_kc − b_c). No (B, C, L) scores are formed.
-        terms = attention_terms(z, temperatures, scale=classifier.weight_norm.reciprocal())
+        # is that of z minus b_c (T = ∞: max_k z_kc − b_c; any head that commutes with a positive affine map
+        # of s, such as the max, ignores the scale). No (B, C, L) scores are formed.
+        terms = attention_terms(z, heads, scale=classifier.weight_norm.reciprocal())
         return terms - classifier.bias.view(1, 1, -1)
 
     def member_pool(self, pool):
@@ -129,11 +134,11 @@ class ProbSpace(ScoreSpace):
         # (``heads.per_location_logits``), where that is the contiguous, fast and most accurate kernel
         return z.transpose(1, 2).softmax(dim=-1).transpose(1, 2)
 
-    def attention_terms(self, z, temperatures, classifier=None, scores=None):
+    def attention_terms(self, z, heads, classifier=None, scores=None):
         from .rule import attention_terms
 
         s = self.location_scores(z, classifier) if scores is None else scores
-        return attention_terms(s, temperatures, bounded=True)  # probabilities: every s in [0, 1]
+        return attention_terms(s, heads, bounded=True)  # probabilities: every s in [0, 1]
 
 
 #: The registry: every space by name (the only list; ``choices.SPACES`` is its keys).

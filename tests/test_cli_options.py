@@ -8,7 +8,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from posthoc_csra import parsing
+from posthoc_csra import choices, parsing
 from posthoc_csra.cli import main
 from posthoc_csra.errors import InputError, PosthocCsraError
 
@@ -50,13 +50,13 @@ def test_lam_lists_are_checked_like_one_lam(bad):
 
 
 def test_temperatures_round_trip_and_checks():
-    assert parsing.format_temperatures((1.0, 2.0, math.inf)) == "1,2,inf"
+    assert choices.format_temperatures((1.0, 2.0, math.inf)) == "1,2,inf"
     for temperatures in [(math.inf,), (1.0, math.inf), (0.5, 2.0), (0.1, 1.2345678901234)]:
-        assert parsing.parse_temperatures(parsing.format_temperatures(temperatures)) == temperatures
-    assert parsing.parse_temperatures(" 1, ∞") == (1.0, math.inf)
+        assert choices.parse_temperatures(choices.format_temperatures(temperatures)) == temperatures
+    assert choices.parse_temperatures(" 1, ∞") == (1.0, math.inf)
     for bad in ("x", "0", "1,-2", ""):
         with pytest.raises(InputError):
-            parsing.parse_temperatures(bad)
+            choices.parse_temperatures(bad)
 
 
 # ---- head sets: one spelling (choices.py), read and written in one place --------------------------------
@@ -107,8 +107,8 @@ def test_bench_head_lists():
     assert parsing.parse_heads(" 4 , T1+2+4+inf,t1") == [4, (1.0,)]  # the same temperatures once
     assert parsing.parse_heads([1, (1.0,), "T2+inf"]) == [1, (1.0,), (2.0, math.inf)]
     assert parsing.parse_heads((1, 4)) == [1, 4] and parsing.parse_heads(8) == [8]
-    with pytest.raises(InputError, match=r"cached statistics.*T=\{0.5\}"):
-        parsing.parse_heads("1,T0.5+inf")  # the cache holds T = 1..7 and ∞ only
+    # heads the cache does not store by default (T = 1..7 and ∞) are stored besides, under their own key
+    assert parsing.parse_heads("1,T0.5+inf") == [1, (0.5, math.inf)]
     with pytest.raises(InputError, match=r"bad heads 'x'.*in the head list '1,x'"):
         parsing.parse_heads("1,x")
 
@@ -121,7 +121,8 @@ def test_eval_options_head_sets_default_to_the_cli_default():
     assert EvalOptions().heads == (DEFAULT_HEADS,) == tuple(parsing.parse_heads(
         next(p for p in bench.params if p.name == "heads").default))
     assert EvalOptions(heads="1,T1").heads == (1, (1.0,)) and EvalOptions(heads=[4, "T1"]).heads == (4, (1.0,))
-    for bad in ("3", "T0.5"):
+    assert EvalOptions(heads="T0.5").heads == ((0.5,),)  # stored besides the default heads when bench runs
+    for bad in ("3", "T0"):
         with pytest.raises(InputError, match="head"):
             EvalOptions(heads=bad)
 

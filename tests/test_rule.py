@@ -3,29 +3,29 @@ import math
 import pytest
 import torch
 
-from posthoc_csra import rule
+from posthoc_csra import attention, rule
 from posthoc_csra import choices
 from posthoc_csra.errors import InputError
 from posthoc_csra.spaces import SPACES, LinearClassifier, get_space
 
 
 def test_head_sets_are_the_papers():
-    assert rule.HEAD_SETS[1] == (math.inf,)
-    assert rule.HEAD_SETS[2] == (1, math.inf)
-    assert rule.HEAD_SETS[4] == (1, 2, 4, math.inf)
-    assert rule.HEAD_SETS[6] == (1, 2, 3, 4, 5, math.inf)
-    assert rule.HEAD_SETS[8] == (1, 2, 3, 4, 5, 6, 7, math.inf)
-    assert rule.STAT_TEMPERATURES == rule.HEAD_SETS[8]
+    assert choices.HEAD_SETS[1] == (math.inf,)
+    assert choices.HEAD_SETS[2] == (1, math.inf)
+    assert choices.HEAD_SETS[4] == (1, 2, 4, math.inf)
+    assert choices.HEAD_SETS[6] == (1, 2, 3, 4, 5, math.inf)
+    assert choices.HEAD_SETS[8] == (1, 2, 3, 4, 5, 6, 7, math.inf)
+    assert choices.STAT_TEMPERATURES == choices.HEAD_SETS[8]
 
 
 def test_resolve_temperatures():
-    assert rule.resolve_temperatures(4) == (1, 2, 4, math.inf)
-    assert rule.resolve_temperatures([1]) == (1.0,)
+    assert choices.resolve_temperatures(4) == (1, 2, 4, math.inf)
+    assert choices.resolve_temperatures([1]) == (1.0,)
     with pytest.raises(ValueError, match="paper head set"):
-        rule.resolve_temperatures(3)
+        choices.resolve_temperatures(3)
     with pytest.raises(ValueError, match="positive"):
-        rule.resolve_temperatures([0])
-    assert rule.parse_temperature("inf") == math.inf and rule.parse_temperature(" 2 ") == 2.0
+        choices.resolve_temperatures([0])
+    assert attention.parse_head("inf") == math.inf and attention.parse_head(" 2 ") == 2.0
 
 
 def test_max_is_the_infinite_temperature_limit():
@@ -56,7 +56,7 @@ def test_finite_temperature_matches_the_papers_formula():
 
 def test_combine_is_base_plus_lambda_over_h_times_sum():
     base, s = torch.randn(2, 3), torch.randn(2, 3, 6)
-    temps = rule.HEAD_SETS[4]
+    temps = choices.HEAD_SETS[4]
     terms = rule.attention_terms(s, temps)
     assert terms.shape == (2, 4, 3)
     out = rule.csra(base, s, 0.4, temps)
@@ -67,7 +67,7 @@ def test_combine_is_base_plus_lambda_over_h_times_sum():
 def test_h_heads_rank_like_the_per_head_sum():
     """H heads each adding lam*att_T to a shared base: H*base + lam*sum = H * (base + lam/H * sum)."""
     base, s = torch.randn(4, 3), torch.randn(4, 3, 5)
-    temps = rule.HEAD_SETS[8]
+    temps = choices.HEAD_SETS[8]
     heads_sum = sum(base + 0.3 * rule.attention(s, t) for t in temps)
     assert torch.allclose(heads_sum / len(temps), rule.csra(base, s, 0.3, temps), atol=1e-6)
 
@@ -96,7 +96,7 @@ def test_prob_space_rule_is_softmax_base_plus_max_location_probability():
     assert torch.allclose(out, logits.softmax(1) + 0.5 * z.softmax(1).amax(-1))
 
 
-@pytest.mark.parametrize("temps", [(math.inf,), rule.HEAD_SETS[4], rule.HEAD_SETS[8]])
+@pytest.mark.parametrize("temps", [(math.inf,), choices.HEAD_SETS[4], choices.HEAD_SETS[8]])
 def test_logit_space_terms_are_the_papers_attention_in_logit_units(temps):
     """‖w_c‖·att_T((z − b)/‖w_c‖); at T = ∞ the shortcut max_k z − b, ties included."""
     generator = torch.Generator().manual_seed(0)
@@ -115,11 +115,11 @@ def test_logit_space_terms_are_the_papers_attention_in_logit_units(temps):
 def test_resolve_temperatures_reads_the_one_head_set_spelling():
     """Text names a head set (choices.HEADS_SYNTAX), never a string of characters: "4" is the paper's 4 heads,
     "T1" is T = 1 alone (the official CSRA code's MHA(num_heads=1)), 1 is T = ∞."""
-    assert rule.resolve_temperatures("4") == rule.HEAD_SETS[4]
-    assert rule.resolve_temperatures("T1") == (1.0,) and rule.resolve_temperatures(1) == (math.inf,)
-    assert rule.resolve_temperatures("T1+inf") == rule.resolve_temperatures((1, math.inf)) == (1.0, math.inf)
+    assert choices.resolve_temperatures("4") == choices.HEAD_SETS[4]
+    assert choices.resolve_temperatures("T1") == (1.0,) and choices.resolve_temperatures(1) == (math.inf,)
+    assert choices.resolve_temperatures("T1+inf") == choices.resolve_temperatures((1, math.inf)) == (1.0, math.inf)
     with pytest.raises(InputError, match="MHA"):
-        rule.resolve_temperatures("1,inf")
+        choices.resolve_temperatures("1,inf")
 
 
 # ---- how the terms are computed: every path is the formula up to float rounding, row by row
@@ -128,7 +128,7 @@ def _formula64(s, temps, scale=None):
     """The paper's formula in float64: Σ_k s_k·softmax(T·s)_k (T·scale_c per class), max at T = ∞."""
     s = s.double()
     out = []
-    for t in temps:
+    for t in map(float, temps):  # a softmax head is its temperature, the max head inf
         if math.isinf(t):
             out.append(s.amax(-1))
             continue
@@ -146,7 +146,7 @@ def _scores(kind, shape=(3, 40, 37), seed=0):
     return z.softmax(-1).transpose(1, 2) if kind == "prob" else z.transpose(1, 2)
 
 
-TEMPS = rule.HEAD_SETS[8] + (0.5, 2.5, 30.0)
+TEMPS = choices.HEAD_SETS[8] + (0.5, 2.5, 30.0)
 
 
 @pytest.mark.parametrize("kind", ["prob", "logit"])
@@ -157,18 +157,18 @@ def test_every_path_is_the_formula_up_to_rounding(kind):
     fast = rule.attention_terms(s, TEMPS, bounded=kind == "prob")  # CPU: powers (prob) / fused attention
     assert fast.dtype == torch.float32 and fast.shape == (3, len(TEMPS), 40)
     assert (fast.double() - expected).abs().max() <= tol
-    formula = torch.stack(rule._formula_terms(s, TEMPS[:7], None), 1)  # what a GPU or an export runs
+    formula = torch.stack(attention._formula_terms(s, TEMPS[:7], None), 1)  # what a GPU or an export runs
     assert (formula.double() - expected[:, :7]).abs().max() <= tol
-    powers = torch.stack(rule._power_terms(_scores("prob"), rule.HEAD_SETS[8][:7]), 1)
-    assert (powers.double() - _formula64(_scores("prob"), rule.HEAD_SETS[8][:7])).abs().max() <= 1e-6
+    powers = torch.stack(attention._power_terms(_scores("prob"), choices.HEAD_SETS[8][:7]), 1)
+    assert (powers.double() - _formula64(_scores("prob"), choices.HEAD_SETS[8][:7])).abs().max() <= 1e-6
     assert torch.equal(rule.attention_terms(s, (math.inf,))[:, 0], s.amax(-1))  # the max is exact
 
 
 def test_per_class_temperature_scale():
     s, scale = _scores("logit"), torch.rand(40, generator=torch.Generator().manual_seed(1)) + 0.05
-    terms = rule.attention_terms(s, rule.HEAD_SETS[8], scale=scale)
-    assert (terms.double() - _formula64(s, rule.HEAD_SETS[8], scale)).abs().max() <= 1e-6 * float(s.abs().max())
-    formula = torch.stack(rule._formula_terms(s, rule.HEAD_SETS[8][:7], scale), 1)
+    terms = rule.attention_terms(s, choices.HEAD_SETS[8], scale=scale)
+    assert (terms.double() - _formula64(s, choices.HEAD_SETS[8], scale)).abs().max() <= 1e-6 * float(s.abs().max())
+    formula = torch.stack(attention._formula_terms(s, choices.HEAD_SETS[8][:7], scale), 1)
     assert (formula - terms[:, :7]).abs().max() <= 1e-6 * float(s.abs().max())
 
 
@@ -182,15 +182,15 @@ def test_a_rows_terms_do_not_depend_on_the_batch_or_the_block_size(kind, monkeyp
     assert torch.equal(full[4:5], rule.attention_terms(s[4:5], TEMPS, bounded=bounded))
     assert torch.equal(full[:, :, 7:30], rule.attention_terms(s[:, 7:30], TEMPS, bounded=bounded))
     for block in (49 * 50 * 2, 49 * 50, 49 * 7, 1):  # blocks of images, of classes, of one class
-        monkeypatch.setattr(rule, "BLOCK_ELEMENTS", block)
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", block)
         assert torch.equal(full, rule.attention_terms(s, TEMPS, bounded=bounded)), block
 
 
 def test_terms_stay_fp32_under_autocast():
     s = _scores("logit")
-    expected = rule.attention_terms(s, rule.HEAD_SETS[8])
+    expected = rule.attention_terms(s, choices.HEAD_SETS[8])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms = rule.attention_terms(s, rule.HEAD_SETS[8])
+        terms = rule.attention_terms(s, choices.HEAD_SETS[8])
     assert terms.dtype == torch.float32 and torch.equal(terms, expected)
 
 
@@ -199,8 +199,8 @@ def test_fast_paths_rank_every_class_like_the_formula(kind):
     """In float64 (no ties from rounding) every class ranks the images exactly as the formula does."""
     s = _scores(kind, (64, 20, 49), seed=3).double()
     base = torch.randn(64, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    fast = rule.combine(base, rule.attention_terms(s, rule.HEAD_SETS[8], bounded=kind == "prob"), 0.7)
-    formula = rule.combine(base, _formula64(s, rule.HEAD_SETS[8]), 0.7)
+    fast = rule.combine(base, rule.attention_terms(s, choices.HEAD_SETS[8], bounded=kind == "prob"), 0.7)
+    formula = rule.combine(base, _formula64(s, choices.HEAD_SETS[8]), 0.7)
     assert torch.equal(fast.argsort(0), formula.argsort(0))
 
 
@@ -210,10 +210,10 @@ def test_location_statistics_are_the_mean_and_the_terms(space):
     z = torch.randn(3, 49, 12, generator=g).transpose(1, 2) * 4  # stored (B, L, C), as the heads give them
     classifier = LinearClassifier(torch.randn(12, generator=g), torch.rand(12, generator=g) + 0.1)
     sp = get_space(space)
-    mean, terms = sp.location_statistics(z, rule.STAT_TEMPERATURES, classifier)
+    mean, terms = sp.location_statistics(z, choices.STAT_TEMPERATURES, classifier)
     s = sp.location_scores(z, classifier)
     assert torch.allclose(mean, s.mean(-1), atol=1e-6, rtol=1e-5)
-    assert torch.allclose(terms, sp.attention_terms(z, rule.STAT_TEMPERATURES, classifier), atol=0, rtol=0)
+    assert torch.allclose(terms, sp.attention_terms(z, choices.STAT_TEMPERATURES, classifier), atol=0, rtol=0)
     if space == "prob":
         assert torch.allclose(s, z.softmax(1), atol=1e-6)  # over classes
 

@@ -68,7 +68,8 @@ sweep_options = OptionGroup("sweep", (
     click.option("--heads", default=str(DEFAULT_HEADS), show_default=True, callback=checked(parse_heads),
                  metavar=HEADS_METAVAR + ",..",
                  help="Head sets to evaluate, comma-separated, e.g. 1,4,8,T1 (default: score's --heads). Each as "
-                      "score's --heads: " + HEADS_HELP + " (temperatures from 1..7 and inf: what the cache holds). "
+                      "score's --heads: " + HEADS_HELP + " (the cache holds T = 1..7 and inf; other heads are stored "
+                      "besides, under a cache key of their own). "
                       "The table's heads column is the number of heads, its temperatures column which ones."),
     click.option("--space", "spaces", default="logit,prob", show_default=True, callback=checked(parse_spaces),
                  help="Score spaces to evaluate: logit, prob or both."),

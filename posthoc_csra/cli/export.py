@@ -71,7 +71,7 @@ def command(card, model, weights, rule, img_size, full_frame, output, check_imag
 
     meta, check = result.metadata, result.check
     size_mb = result.path.stat().st_size / 2 ** 20
-    rule = (f"csra λ={meta['lam']:g} heads {heads_text(float(t) for t in meta['heads'])}"
+    rule = (f"csra λ={meta['lam']:g} heads {heads_text(meta['heads'])}"
             if meta["method"] == "csra" else meta["method"])
     click.echo(f"wrote {result.path} ({size_mb:.1f} MiB): {meta['model']} ({meta['weights']['label']}) at "
                f"{Preprocessing.from_dict(meta['preprocessing']).describe()}, {rule}, {meta['space']} space, any "

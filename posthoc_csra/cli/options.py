@@ -15,10 +15,12 @@ import click
 from click.core import ParameterSource
 
 from ..errors import InputError, PosthocCsraError
+from ..attention import head_syntax_help
 from ..parsing import (MAX_IMG_SIZE, MIN_IMG_SIZE, check_batch_size, check_img_size, check_lam, check_topk,
-                       check_workers, parse_head_set, parse_temperatures)
+                       check_workers)
 from ..choices import (AMP_CHOICES, DEFAULT_FULL_FRAME, DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_MODEL, DEFAULT_SPACE,
-                       HEAD_SETS, MULTI_OBJECT_IMG_SIZE, SPACES, describe_temperatures)
+                       HEAD_SETS, MULTI_OBJECT_IMG_SIZE, SPACES, describe_temperatures, parse_head_set,
+                       parse_temperatures)
 
 
 class OptionError(click.ClickException):
@@ -118,7 +120,8 @@ HEADS_METAVAR = "1|2|4|6|8|T<t>[+<t>..]"
 HEADS_HELP = ("a head count names the paper's temperature set (" + "; ".join(
     f"{h}: {describe_temperatures(ts)}" for h, ts in HEAD_SETS.items()) + "): 1 is T=∞, max over locations, the "
     "paper's 'four lines' mean z + λ·max z; or T and explicit temperatures joined by +: T1 is T=1 alone, what the "
-    "official CSRA code's MHA(num_heads=1) computes (not this 1), T1+inf two heads, T1+2+inf three")
+    "official CSRA code's MHA(num_heads=1) computes (not this 1), T1+inf two heads, T1+2+inf three; "
+    + head_syntax_help() + " (attention.HEAD_KINDS)")
 
 
 def _rule(lam, heads, temperatures, space) -> dict:

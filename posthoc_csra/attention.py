@@ -1,0 +1,363 @@
+"""Attention heads: how one head pools the (B, C, L) location scores ``s`` into its (B, C) term.
+
+A head is a small registered object (as score spaces are in ``spaces.py``; torch is imported inside the
+methods, so ``--help`` stays instant). Each kind says in ONE place
+
+* how it is written: its ``token`` (``"1"``, ``"inf"``) and ``parse`` (the text → a head, or None when
+  the text is not of this kind), used by every head-set spelling (``choices``: ``T1+inf``, the tables'
+  ``temperatures`` column, a card's ``"heads"``, the statistics cache);
+* what it means for people (``describe``, ``HELP``);
+* how its terms are computed: ``terms(s, heads, scale, bounded)`` gets every head of its kind in one
+  head set at once (several temperatures in one call), ``(B, C, L)`` → one ``(B, C)`` per head;
+* which heads the statistics cache stores by default (``STORED``).
+
+Kinds: ``SoftmaxHead(T)`` = Σ_k s_k·softmax(T·s)_k (the paper's head at temperature T) and ``MaxHead()``
+= max_k s_k (T = ∞). ``parse_head`` tries every kind of ``HEAD_KINDS``. A softmax or max head equals its
+temperature as a number (``SoftmaxHead(1.0) == 1.0``, ``MaxHead() == math.inf``), so the numeric spellings of
+head sets keep working everywhere.
+
+How ``SoftmaxHead.terms`` computes — the formula's numbers up to float rounding (tests/test_rule.py,
+tests/test_paper_rule.py), never a (B, C, L) tensor per temperature streamed through memory:
+
+* probabilities (``bounded``: every s in [0, 1]) on the CPU: ``softmax(T·s) ∝ exp(s)^T``, so one
+  ``exp`` serves the paper's integer temperatures as successive products (``e^T ≤ e^8``: no
+  overflow, no underflow), in blocks of about ``BLOCK_ELEMENTS`` values that stay in the CPU cache;
+* any other scores on the CPU: attention with one query per temperature, query T, keys = values =
+  ``s_k`` (head dimension 1, scale 1): ``softmax(q·kᵀ)·v = Σ_k s_k · softmax(T·s)_k``, one fused
+  ``scaled_dot_product_attention`` call (PyTorch's flash kernel: the weights of every temperature
+  are made and summed block by block);
+* on other devices and while compiling or exporting: the formula itself.
+
+Every path treats each (image, class) row on its own: a row's terms do not depend on the other
+rows of the batch (tested bit for bit).
+
+Adding a kind is one ``AttentionHead`` subclass, ``register``-ed here, plus its tests: the CLI, cards,
+tables, the statistics cache (``bench`` stores heads outside ``STORED`` under their own key), export and
+explain ask the heads.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Type
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
+    from torch import Tensor
+
+#: Values per block of the power path (512 KiB of fp32 per intermediate: in the CPU cache).
+BLOCK_ELEMENTS = 1 << 17
+#: The largest temperature the power path reaches by products (exp(s)^T ≤ e^8 for s in [0, 1]).
+MAX_POWER = 8
+
+
+class AttentionHead:
+    """One head. Subclasses set ``KIND``/``HELP``/``SYNTAX``, and implement ``token``, ``parse`` and ``terms``."""
+
+    #: the kind's name (registry key)
+    KIND = ""
+    #: how one head of this kind is written, for ``--help`` (e.g. ``"<t>"``)
+    SYNTAX = ""
+    #: what it computes, for ``--help``
+    HELP = ""
+    #: written as a number: a head set that starts with it is written with the ``T`` prefix (``T1+inf``),
+    #: since a bare number names a paper head count
+    NUMERIC = False
+    #: the heads of this kind the statistics cache stores by default (``stored_heads``)
+    STORED: Tuple["AttentionHead", ...] = ()
+
+    @property
+    def token(self) -> str:
+        """The text of this head; ``parse_head`` reads it back to an equal head."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, text: str) -> Optional["AttentionHead"]:
+        """``text`` (stripped, lower case) → a head of this kind; None when it is not of this kind.
+        Raises ValueError (a message for people) when it is of this kind but invalid."""
+        raise NotImplementedError
+
+    @classmethod
+    def terms(cls, s: "Tensor", heads: Sequence["AttentionHead"], scale: Optional["Tensor"] = None,
+              bounded: bool = False) -> List["Tensor"]:
+        """(B, C, L) scores → one (B, C) term per head of ``heads`` (all of this kind, distinct).
+
+        ``scale``: an optional positive (C,) per-class factor of the temperature (logit space: class c's
+        term at T is ``att_{T·scale_c}``); a head whose term commutes with a positive affine map of ``s``
+        (max, top-k) ignores it. ``bounded``: every s lies in [0, 1] (probabilities)."""
+        raise NotImplementedError
+
+    def weights(self, s: "Tensor") -> Optional["Tensor"]:
+        """(…, L) scores → (…, L) the weights the head puts on each location (``explain`` draws them), or
+        None when the head has no such map."""
+        return None
+
+    def describe(self) -> str:
+        """The head for people: ``"1"``, ``"∞"`` (inside ``T={...}``)."""
+        return self.token
+
+    @property
+    def card_value(self):
+        """A card's / an exported program's JSON ``"heads"`` entry: the token (numbers stay JSON numbers)."""
+        return self.token
+
+    @property
+    def meta_text(self) -> str:
+        """The statistics cache's ``meta.json`` spelling of a stored head."""
+        return self.token
+
+    def sort_key(self) -> tuple:
+        """Orders heads: by kind (registry order), then within the kind."""
+        return (list(HEAD_KINDS).index(self.KIND), self.token)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, AttentionHead):
+            return (self.KIND, self.token) == (other.KIND, other.token)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.KIND, self.token))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.token!r})"
+
+
+class SoftmaxHead(AttentionHead):
+    """The paper's head at temperature T > 0 (finite): ``Σ_k s_k·softmax(T·s)_k``. Equals the number T."""
+
+    KIND = "softmax"
+    SYNTAX = "<t>"
+    HELP = "a number T > 0: Σ s·softmax(T·s) over locations"
+    NUMERIC = True
+
+    def __init__(self, temperature: float):
+        t = float(temperature)
+        if not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"a temperature must be a finite number > 0 (inf for max), got {temperature!r}")
+        self.temperature = t
+
+    @property
+    def token(self) -> str:
+        short = repr(self.temperature)  # the shortest exact decimal
+        return short[:-2] if short.endswith(".0") else short
+
+    @property
+    def card_value(self):
+        return self.temperature
+
+    @property
+    def meta_text(self) -> str:
+        return str(self.temperature)  # cache format 2 wrote str(float): existing caches stay valid
+
+    def sort_key(self) -> tuple:
+        return (list(HEAD_KINDS).index(self.KIND), self.temperature)
+
+    def __float__(self) -> float:
+        return self.temperature
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, SoftmaxHead):
+            return self.temperature == other.temperature
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return self.temperature == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.temperature)
+
+    @classmethod
+    def parse(cls, text):
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        if value == math.inf:
+            return None  # MaxHead's
+        if not value > 0:
+            raise ValueError("temperatures must be positive")
+        return cls(value)
+
+    @classmethod
+    def terms(cls, s, heads, scale=None, bounded=False):
+        import torch
+
+        temperatures = [h.temperature for h in heads]
+        if s.device.type != "cpu" or torch.compiler.is_compiling() or (torch.is_grad_enabled() and s.requires_grad):
+            return _formula_terms(s, temperatures, scale)  # (the CPU paths write in place: no autograd)
+        if bounded and scale is None and all(t.is_integer() and 1 <= t <= MAX_POWER for t in temperatures):
+            return _power_terms(s, temperatures)
+        return _fused_terms(s, temperatures, scale)
+
+    def weights(self, s):
+        import torch
+
+        return torch.softmax(self.temperature * s, dim=-1)
+
+    def describe(self) -> str:
+        return self.token
+
+
+class MaxHead(AttentionHead):
+    """T = ∞: ``max_k s_k`` (the paper's "four lines" ``mean z + λ·max z``). Equals ``math.inf``."""
+
+    KIND = "max"
+    SYNTAX = "inf"
+    HELP = "inf (or ∞): max over locations, T = ∞"
+    NUMERIC = True
+
+    @property
+    def token(self) -> str:
+        return "inf"
+
+    @property
+    def meta_text(self) -> str:
+        return str(math.inf)
+
+    def __float__(self) -> float:
+        return math.inf
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, MaxHead):
+            return True
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return other == math.inf
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(math.inf)
+
+    def describe(self) -> str:
+        return "∞"
+
+    @classmethod
+    def parse(cls, text):
+        return cls() if text in ("inf", "infinity", "∞", "+inf") else None
+
+    @classmethod
+    def terms(cls, s, heads, scale=None, bounded=False):
+        return [s.amax(dim=-1)] * len(heads)
+
+
+# ---------------------------------------------------------------- the softmax head's paths (module docstring)
+def _formula_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tensor"]) -> List["Tensor"]:
+    """(B, C) per finite temperature, written as the formula (one softmax over L per temperature)."""
+    import torch
+
+    temperatures = [float(t) for t in temperatures]
+    if scale is None:
+        return [(s * torch.softmax(s * t, dim=-1)).sum(dim=-1) for t in temperatures]
+    return [(s * torch.softmax(s * (t * scale).view(1, -1, 1), dim=-1)).sum(dim=-1) for t in temperatures]
+
+
+def _fused_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tensor"]) -> List["Tensor"]:
+    """The same as ``_formula_terms``, as one attention call: queries T (B, C, F, 1), keys = values = s."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, _ = s.shape
+    queries = torch.tensor([float(t) for t in temperatures], dtype=s.dtype, device=s.device).view(1, 1, -1, 1)
+    if scale is not None:
+        queries = queries * scale.to(s.dtype).view(1, -1, 1, 1)
+    keys = s.unsqueeze(-1)
+    with torch.autocast(s.device.type, enabled=False):  # the rule runs in the scores' own dtype (fp32)
+        out = F.scaled_dot_product_attention(queries.expand(b, c, -1, 1), keys, keys, scale=1.0)  # (B, C, F, 1)
+    return list(out[..., 0].unbind(dim=-1))
+
+
+def _power_terms(s: "Tensor", temperatures: Sequence[float]) -> List["Tensor"]:
+    """The same for s in [0, 1] and integer temperatures 1..MAX_POWER: weights exp(s)^T, by products.
+
+    ``softmax(T·s)_k = e_k^T / Σ_l e_l^T`` with ``e = exp(s)`` in [1, e]: no max to subtract. Blocks of
+    whole images (or, when one image is larger than a block, of classes of one image) of about
+    ``BLOCK_ELEMENTS`` values, so that the powers and products of every temperature stay in the cache.
+    """
+    import torch
+
+    temperatures = [float(t) for t in temperatures]
+    b, c, l = s.shape
+    order = sorted(set(temperatures))
+    out = s.new_empty((len(order), b, c))
+    images = max(1, BLOCK_ELEMENTS // max(1, c * l))
+    classes = c if images > 1 or c * l <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, l))
+    for i in range(0, b, images):
+        for j in range(0, c, classes):
+            block = s[i:i + images, j:j + classes]
+            e = block.exp()
+            power, k = None, 0
+            for n, t in enumerate(order):
+                while k < t:
+                    power = e.clone() if power is None else power.mul_(e)
+                    k += 1
+                torch.div(torch.linalg.vecdot(power, block), power.sum(dim=-1), out=out[n, i:i + images, j:j + classes])
+    by_t = dict(zip(order, out.unbind(0)))
+    return [by_t[t] for t in temperatures]
+
+
+# ---------------------------------------------------------------- the registry
+#: Every kind by name, in the order parsing tries them and heads sort.
+HEAD_KINDS: Dict[str, Type[AttentionHead]] = {}
+
+
+def register(kind: Type[AttentionHead]) -> Type[AttentionHead]:
+    """Add a kind to ``HEAD_KINDS`` (usable as a class decorator)."""
+    HEAD_KINDS[kind.KIND] = kind
+    return kind
+
+
+register(SoftmaxHead)
+register(MaxHead)
+#: T = ∞.
+MAX = MaxHead()
+SoftmaxHead.STORED = tuple(SoftmaxHead(t) for t in range(1, 8))
+MaxHead.STORED = (MAX,)
+
+
+def parse_head(value) -> AttentionHead:
+    """One head in any spelling: a head, its token (``"2"``, ``"inf"``, ``"∞"``) or a number (``math.inf`` is
+    max) → the head; InputError naming what each kind accepts otherwise."""
+    if isinstance(value, AttentionHead):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = repr(float(value))
+    if not isinstance(value, str):
+        raise InputError(f"bad head {value!r}: {head_syntax_help()}")
+    text = value.strip().lower()
+    for kind in HEAD_KINDS.values():
+        try:
+            head = kind.parse(text)
+        except ValueError as err:
+            raise InputError(f"bad head {value!r}: {err}") from None
+        if head is not None:
+            return head
+    raise InputError(f"bad head {value!r}: {head_syntax_help()}")
+
+
+def head_syntax_help() -> str:
+    """How each registered kind of head is written, for messages and ``--help``."""
+    return "a head is " + "; ".join(kind.HELP for kind in HEAD_KINDS.values())
+
+
+def stored_heads() -> Tuple[AttentionHead, ...]:
+    """The heads the statistics cache stores by default: every kind's ``STORED``, in registry order
+    (T = 1..7, then ∞)."""
+    return tuple(h for kind in HEAD_KINDS.values() for h in kind.STORED)
+
+
+def head_terms(s: "Tensor", heads: Sequence, scale: Optional["Tensor"] = None, bounded: bool = False) -> "Tensor":
+    """(B, C, L) → (B, H, C): one term per head (any spelling, ``parse_head``); the heads of one kind are
+    computed in one call (``AttentionHead.terms``)."""
+    import torch
+
+    heads = [parse_head(h) for h in heads]
+    groups: Dict[type, list] = {}
+    for head in dict.fromkeys(heads):
+        groups.setdefault(type(head), []).append(head)
+    terms = {}
+    for kind in sorted(groups, key=lambda k: list(HEAD_KINDS).index(k.KIND)):
+        terms.update(zip(groups[kind], kind.terms(s, groups[kind], scale, bounded)))
+    return torch.stack([terms[h] for h in heads], dim=1)
+
+
+__all__ = ["AttentionHead", "SoftmaxHead", "MaxHead", "MAX", "HEAD_KINDS", "register", "parse_head",
+           "head_syntax_help", "stored_heads", "head_terms", "BLOCK_ELEMENTS", "MAX_POWER"]
