@@ -11,10 +11,10 @@ methods, so ``--help`` stays instant). Each kind says in ONE place
   head set at once (several temperatures in one call), ``(B, C, L)`` → one ``(B, C)`` per head;
 * which heads the statistics cache stores by default (``STORED``).
 
-Kinds: ``SoftmaxHead(T)`` = Σ_k s_k·softmax(T·s)_k (the paper's head at temperature T) and ``MaxHead()``
-= max_k s_k (T = ∞). ``parse_head`` tries every kind of ``HEAD_KINDS``. A softmax or max head equals its
-temperature as a number (``SoftmaxHead(1.0) == 1.0``, ``MaxHead() == math.inf``), so the numeric spellings of
-head sets keep working everywhere.
+Kinds: ``SoftmaxHead(T)`` = Σ_k s_k·softmax(T·s)_k (the paper's head at temperature T), ``MaxHead()``
+= max_k s_k (T = ∞) and ``TopKHead(k)`` = the mean of the k highest s_k (``top5``, ``top0.1``).
+``parse_head`` tries every kind of ``HEAD_KINDS``. A softmax or max head equals its temperature as a number
+(``SoftmaxHead(1.0) == 1.0``, ``MaxHead() == math.inf``), so the numeric spellings of head sets keep working.
 
 How ``SoftmaxHead.terms`` computes — the formula's numbers up to float rounding (tests/test_rule.py,
 tests/test_paper_rule.py), never a (B, C, L) tensor per temperature streamed through memory:
@@ -313,6 +313,54 @@ SoftmaxHead.STORED = tuple(SoftmaxHead(t) for t in range(1, 8))
 MaxHead.STORED = (MAX,)
 
 
+@register
+class TopKHead(AttentionHead):
+    """The mean of the k highest location scores: k an integer ≥ 1 (L when k > L), or a fraction k in (0, 1)
+    of the L locations, ``round(k·L)`` of them (halves up), at least one. top1 is the max, topL the mean."""
+
+    KIND = "topk"
+    SYNTAX = "top<k>"
+    HELP = ("top<k>: the mean of the k highest locations (an integer k >= 1, or a fraction 0 < k < 1 of them, "
+            "e.g. top5, top0.1)")
+
+    def __init__(self, k):
+        value = float(k)
+        if value.is_integer() and value >= 1:
+            self.k = int(value)
+        elif 0 < value < 1:
+            self.k = value
+        else:
+            raise ValueError(f"top<k> takes an integer k >= 1 or a fraction 0 < k < 1, got {k!r}")
+
+    @property
+    def token(self) -> str:
+        return f"top{self.k if isinstance(self.k, int) else repr(self.k)}"
+
+    def locations(self, n: int) -> int:
+        """How many of ``n`` locations the mean takes."""
+        if isinstance(self.k, int):
+            return min(self.k, n)
+        return min(n, max(1, math.floor(self.k * n + 0.5)))
+
+    def sort_key(self) -> tuple:
+        return (list(HEAD_KINDS).index(self.KIND), float(self.k))
+
+    @classmethod
+    def parse(cls, text):
+        if not text.startswith("top"):
+            return None
+        try:
+            return cls(float(text[3:]))
+        except ValueError:
+            raise ValueError("top<k> takes an integer k >= 1 or a fraction 0 < k < 1, e.g. top5, top0.1") from None
+
+    @classmethod
+    def terms(cls, s, heads, scale=None, bounded=False):
+        counts = [h.locations(s.shape[-1]) for h in heads]
+        top = s.topk(max(counts), dim=-1).values  # (B, C, k) in descending order: one call for every k
+        return [top[..., :k].mean(dim=-1) for k in counts]
+
+
 def parse_head(value) -> AttentionHead:
     """One head in any spelling: a head, its token (``"2"``, ``"inf"``, ``"∞"``) or a number (``math.inf`` is
     max) → the head; InputError naming what each kind accepts otherwise."""
@@ -359,5 +407,5 @@ def head_terms(s: "Tensor", heads: Sequence, scale: Optional["Tensor"] = None, b
     return torch.stack([terms[h] for h in heads], dim=1)
 
 
-__all__ = ["AttentionHead", "SoftmaxHead", "MaxHead", "MAX", "HEAD_KINDS", "register", "parse_head",
+__all__ = ["AttentionHead", "SoftmaxHead", "MaxHead", "TopKHead", "MAX", "HEAD_KINDS", "register", "parse_head",
            "head_syntax_help", "stored_heads", "head_terms", "BLOCK_ELEMENTS", "MAX_POWER"]
