@@ -242,7 +242,7 @@ def _source_entries(shared: Path):
 
 
 def _reusable(manifest: dict, key: str, out_dir: Path, fit_key: str) -> bool:
-    from posthoc_csra.weights import file_sha256
+    from posthoc_csra.hashing import file_sha256
 
     entry = manifest.get(key)
     if not entry or entry.get("fit", {}).get("fit_key") != fit_key:
@@ -256,7 +256,7 @@ def _write_checkpoint(net, weight: np.ndarray, bias: np.ndarray, path: Path) -> 
     from safetensors.torch import save_file
 
     from posthoc_csra.cache import atomic_path
-    from posthoc_csra.weights import file_sha256
+    from posthoc_csra.hashing import file_sha256
 
     net.reset_classifier(weight.shape[0])
     classifier = net.get_classifier()
@@ -289,7 +289,8 @@ def fit_heads(shared: Path, out_dir: Optional[Path] = None, models: Sequence[str
     from posthoc_csra.options import ModelSource
     from posthoc_csra.prepare import prepare_model
     from posthoc_csra.tables import write_text
-    from posthoc_csra.weights import file_sha256, read_manifest
+    from posthoc_csra.hashing import file_sha256
+    from posthoc_csra.weights import read_manifest
 
     shared = Path(shared).expanduser().resolve()
     out_dir = Path(out_dir if out_dir is not None else default_out_dir()).expanduser().resolve()

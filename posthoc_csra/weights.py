@@ -2,22 +2,22 @@
 checkpoint without running code (safetensors, or ``torch.load(weights_only=True)``). Torch-free at import."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
+from .hashing import file_sha256
 from .paths import shared_dir
 from .errors import InputError, MissingInputError
 
 if TYPE_CHECKING:  # keep torch out of import time
     from torch import Tensor
 
-__all__ = ["WeightsEntry", "WeightsHashError", "read_manifest", "manifest_entry", "file_sha256", "verify_sha256",
+__all__ = ["WeightsEntry", "WeightsHashError", "read_manifest", "manifest_entry", "verify_sha256",
            "find_local_weights", "lite_package_hint", "load_state_dict_file", "convert_lite_state_dict"]
 
 MANIFEST_NAME = "manifest.json"
@@ -129,29 +129,6 @@ def read_manifest(path: Union[str, Path]) -> Dict[str, WeightsEntry]:
 def manifest_entry(entries: Dict[str, WeightsEntry], model_name: str) -> Optional[WeightsEntry]:
     """The entry for ``model_name``: its exact name first, then its architecture (``arch.tag`` → ``arch``)."""
     return entries.get(model_name) or entries.get(_arch(model_name))
-
-
-_HASHES: Dict[Tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    """sha256 (hex) of a file; hashed once per process for each (path, size, mtime_ns)."""
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise MissingInputError(f"weights file not found: {path}")
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        _HASHES[key] = _hash_file(path)
-    return _HASHES[key]
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(entry: WeightsEntry) -> str:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import re
@@ -15,6 +16,19 @@ from posthoc_csra.datasets import (DATASETS, VOC_CLASSES, DatasetWarning, Mosaic
                                    dataset_kind, dataset_options, dataset_split, is_size_dependent,
                                    load_class_map, map_scores, parse_dataset, partition, split_indices)
 from posthoc_csra.errors import InputError, MissingInputError
+
+
+def _touch_then_rewrite(path, fingerprint):
+    """A new mtime keeps ``fingerprint()`` (it hashes content); new bytes change it. Returns the new value."""
+    st = os.stat(path)
+    before = fingerprint()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert fingerprint() == before
+    with open(path, "ab") as f:
+        f.write(b"\0")  # a trailing byte: the image still decodes, its content differs
+    after = fingerprint()
+    assert after != before
+    return after
 
 
 def _image(path, color=(200, 30, 30), size=(40, 30)):
@@ -144,9 +158,7 @@ def test_fingerprint_tracks_files_and_labels(voc):
     fp = parse_dataset(spec).fingerprint()
     assert parse_dataset(spec).fingerprint() == fp
     jpg = voc / "VOC2007" / "JPEGImages" / "000004.jpg"
-    st = os.stat(jpg)
-    os.utime(jpg, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    fp2 = parse_dataset(spec).fingerprint()
+    fp2 = _touch_then_rewrite(jpg, lambda: parse_dataset(spec).fingerprint())
     assert fp2 != fp
     (voc / "VOC2007" / "Annotations" / "000004.xml").write_text(_voc_xml([("bus", 0)]))
     assert parse_dataset(spec).fingerprint() != fp2
@@ -405,9 +417,7 @@ def test_coco_any_year_and_split(coco_any):
     assert old.short_name == "coco2014@val" and old.targets().tolist() == BOXLESS_TARGETS
     assert old.fingerprint() != parse_dataset(f"coco:{coco_any}@val2014").fingerprint()
     jpg = coco_any / "val2017" / "000000000012.jpg"
-    st = os.stat(jpg)
-    os.utime(jpg, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert parse_dataset(f"coco:{coco_any}@val2017").fingerprint() != ds.fingerprint()
+    assert _touch_then_rewrite(jpg, lambda: parse_dataset(f"coco:{coco_any}@val2017").fingerprint()) != ds.fingerprint()
 
 
 def test_coco_label_space_reaches_the_shipped_class_map(coco_any, tmp_path):
@@ -624,9 +634,8 @@ def test_subset_is_fixed_and_fingerprints_its_ids(csv_dir):
     assert b.fingerprint() != a.fingerprint()
     assert parse_dataset(f"subset:9:csv:{many}").fingerprint() != a.fingerprint()
     # the fingerprint follows the chosen files (and, conservatively, the whole inner dataset)
-    st = os.stat(full.paths[rows[0]])
-    os.utime(full.paths[rows[0]], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert parse_dataset(f"subset:8:csv:{many}").fingerprint() != a.fingerprint()
+    assert _touch_then_rewrite(full.paths[rows[0]],
+                               lambda: parse_dataset(f"subset:8:csv:{many}").fingerprint()) != a.fingerprint()
     with pytest.raises(InputError, match=r"N=31 but csv:many\.csv has 30 images"):
         parse_dataset(f"subset:31:csv:{many}")
     with pytest.raises(InputError, match="N=0"):
@@ -679,9 +688,8 @@ def test_parts_are_a_seeded_partition(csv_dir):
     assert len(prints) == 5  # K, N, seed (and the kind) are in the fingerprint
     assert partition(23, 2, 3, 0).tolist() == a.inner.split(0.0, 0)[1][partition(23, 2, 3, 0)].tolist()
     # the fingerprint follows the inner dataset
-    st = os.stat(full.paths[0])
-    os.utime(full.paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert parse_dataset(f"part:1/3:csv:{many}").fingerprint() != a.fingerprint()
+    assert _touch_then_rewrite(full.paths[0], lambda: parse_dataset(f"part:1/3:csv:{many}").fingerprint()) \
+        != a.fingerprint()
 
 
 def test_part_split_and_wrapping(csv_dir):
@@ -870,18 +878,16 @@ def test_mosaic_val_and_test_share_no_tile(small_csv_dataset):
 
 # ------------------------------------------------------------------ pinned fingerprints
 # The statistics cache is keyed by dataset fingerprints: restructuring this module must never change them.
-# These references restate the formulas of the existing kinds independently (their values were checked
-# equal to the code before the COCO-any-year, part: and package changes).
+# These references restate the formulas of the existing kinds independently. Images enter by their content
+# hash (sha256 of the bytes), not size and mtime, since 2026-12-02: a re-copy of the same files keeps the key.
 def _sha(obj):
-    import hashlib
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=True).encode())
 
 
 def _labeled_reference(key, label_space, classes, ids, paths, targets, ignore):
     h = _sha({"spec": key, "label_space": label_space, "classes": list(classes), "n": len(ids)})
     for image_id, path in zip(ids, paths):
-        st = os.stat(path)
-        h.update(f"\n{image_id}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        h.update(f"\n{image_id}\t{hashlib.sha256(Path(path).read_bytes()).hexdigest()}".encode())
     h.update(np.asarray(targets, np.uint8).tobytes() + np.asarray(ignore, bool).tobytes())
     return h.hexdigest()
 
@@ -989,8 +995,8 @@ def test_shared_voc2007_halves_are_disjoint(shared):
 
 
 def test_fingerprint_values_are_pinned(tmp_path):
-    """Literal values computed with the single-module datasets.py (before the package split): the LabeledImages,
-    Subset and Mosaic formulas over files of fixed bytes and mtimes under a fixed key."""
+    """Literal values of the LabeledImages, Subset and Mosaic fingerprints over files of fixed bytes under a fixed
+    key (equal to the references above when pinned); any mtime gives the same values."""
     from posthoc_csra.datasets import LabeledImages
     paths = []
     for i in range(10):
@@ -1003,10 +1009,10 @@ def test_fingerprint_values_are_pinned(tmp_path):
     ignore[2, 1] = True
     ds = LabeledImages("x", "voc2007:/fixed/VOC2007@test", "voc2007", ["a", "b", "c"], paths,
                        [f"JPEGImages/{i:06d}.jpg" for i in range(10)], targets, ignore, full_frame=True)
-    assert ds.fingerprint() == "95eacaa73e8c34a889a2bdf85ffb46edc0f47f17a7ad72fe1fb8a311ac15560b"
-    assert Subset("s", ds, 4, 1).fingerprint() == "719a75e9e3ec204ee1c66020c95f7a629c72536276f109860c516dcefbb70474"
+    assert ds.fingerprint() == "2a09d0db32efdd11138e0abd7f02cb5ac20b143c138e184feabb72f46432e3b5"
+    assert Subset("s", ds, 4, 1).fingerprint() == "469e99c5adb5da28d36b75f2a8622032cc03a9bcd853f7ce5418812198737cb0"
     assert (Mosaic("m", ds, 2, 32, seed=0, count=2).fingerprint()
-            == "62d5cdd4d585e31fdcf01d62ea60335c4d568d9433127c420010829a5bb1ff3f")
+            == "a3ae9b02db4dd8c1a15a216157e6a4039aa28a487c3c165888bed0ede1131245")
 
 
 def test_one_reader_per_module_behind_the_registry():

