@@ -82,9 +82,6 @@ def native_pool_size(model) -> Optional[Tuple[int, int]]:
     return int(pool[0]), int(pool[1])
 
 
-#: The registry: every baseline by name (method names in the bench table).
+#: Every baseline by name (method names in the bench table; ``methods.METHODS`` registers each as a method).
 BASELINES: Dict[str, Baseline] = {b.name: b for b in (MaxPool(), AvgMaxPool(), TestTimePool())}
-#: Every method a table row or a scorer card can name.
-METHODS: Tuple[str, ...] = ("model", "csra") + tuple(BASELINES)
-
-__all__ = ["Baseline", "BASELINES", "METHODS", "native_pool_size"]
+__all__ = ["Baseline", "BASELINES", "native_pool_size"]

@@ -20,7 +20,7 @@ import fnmatch
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from .baselines import METHODS
+from .methods import METHODS
 from .cards import (Choice, Preprocessing, Rule, ScorerCard, Weights, _number)
 from .choices import HEAD_SETS, parse_temperatures, resolve_temperatures
 from .errors import InputError, MissingInputError
@@ -151,9 +151,9 @@ def parse_methods(text: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-#: On equal val mAP the simpler choice wins: the model itself, then CSRA (the table's order within: smaller λ,
-#: fewer heads), then the baselines.
-_METHOD_RANK = {"model": 0, "csra": 1}
+#: On equal val mAP the simpler choice wins (``Method.simplicity``): the model itself, then CSRA (the table's order
+#: within: smaller λ, fewer heads), then the baselines.
+_LEAST_SIMPLE = max(m.simplicity for m in METHODS.values())
 
 
 def chosen_rows(table, methods: Sequence[str]) -> List[Tuple[dict, Optional[dict]]]:
@@ -170,7 +170,7 @@ def chosen_rows(table, methods: Sequence[str]) -> List[Tuple[dict, Optional[dict
     if val.empty:
         raise InputError(f"the bench table has no selected validation rows of method {', '.join(methods)}: "
                          f"cards keep a choice made on a validation split; run bench with --select-on val")
-    rank = val["method"].map(lambda m: _METHOD_RANK.get(m, len(_METHOD_RANK)))
+    rank = val["method"].map(lambda m: METHODS[m].simplicity if m in METHODS else _LEAST_SIMPLE)
     val = val.assign(_rank=rank).sort_values(["mAP", "_rank"], ascending=[False, True], kind="stable")
     chosen = []
     for _, group in val.groupby(["model", "dataset"], sort=False):
@@ -193,7 +193,7 @@ def _is_missing(value) -> bool:
 
 
 def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Optional["LoadOptions"] = None,
-                     methods: Sequence[str] = METHODS) -> List[ScorerCard]:
+                     methods: Sequence[str] = tuple(METHODS)) -> List[ScorerCard]:
     """One card per (model, dataset) of a ``run_bench(..., select_on="val")`` table.
 
     The card keeps the selected row with the best validation mAP over img sizes, methods (only
@@ -215,8 +215,8 @@ def cards_from_table(table, source: Optional["ModelSource"] = None, loading: Opt
         ds = build_dataset(str(best["dataset_spec"]), prepared.img_size, loading)
         full_frame = bool(getattr(ds, "full_frame", False))
         method, lam = str(best["method"]), _number(best["lam"])
-        if method == "csra" and lam == 0:
-            method = "model"
+        if method in METHODS and METHODS[method].takes_rule and lam == 0:
+            method = "model"  # λ = 0 is the model itself
         rule = Rule(method=method, space=str(best["space"]), temperatures=_temperatures(best),
                     lam=lam or 0.0, pool=None if _is_missing(best.get("pool")) else str(best["pool"]))
         choice = Choice(dataset=str(ds.short_name), fingerprint=ds.fingerprint(), val_mAP=float(best["mAP"]),

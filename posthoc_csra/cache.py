@@ -39,9 +39,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 
 import numpy as np
 
-from .baselines import BASELINES
 from .choices import STAT_TEMPERATURES
 from .errors import is_out_of_memory
+from .methods import METHODS
 from .spaces import SPACES
 
 log = logging.getLogger("posthoc_csra")
@@ -52,12 +52,12 @@ CACHE_FORMAT = 2
 DEFAULT_CHUNK_SIZE = 128
 #: Arrays stored per chunk, from the registered spaces: ``{space}_base`` unless the space's base is the
 #: logits (``ScoreSpace.base_is_logits``: ``logit_base`` is ``logits`` and is not stored twice), its
-#: ``_mean`` and ``_att``; ``{space}@{method}`` holds a pooling baseline's scores (NaN where it does not
-#: apply to the model).
+#: ``_mean`` and ``_att``; a method with ``own_statistic`` (the pooling baselines) its ``stat_key`` array,
+#: ``{space}@{method}`` (NaN where it does not apply to the model).
 STAT_KEYS: Tuple[str, ...] = ("logits",) + tuple(
     f"{name}_base" for name, space in SPACES.items() if not space.base_is_logits) + tuple(
     f"{space}_{part}" for space in SPACES for part in ("mean", "att")) + tuple(
-    f"{space}@{method}" for space in SPACES for method in BASELINES)
+    method.stat_key(space) for space in SPACES for method in METHODS.values() if method.own_statistic)
 
 
 class Statistics(dict):

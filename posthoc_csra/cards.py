@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
-from .baselines import METHODS
+from .methods import METHODS
 from .errors import InputError, MissingInputError
 from .attention import parse_head
 from .choices import SPACES, describe_temperatures, preprocessing_mode, resolve_temperatures
@@ -133,8 +133,14 @@ class ScorerCard:
 
     @property
     def lam(self) -> float:
-        """The λ the scorer uses: the card's for method "csra", else 0 (the model, a pooling baseline)."""
-        return self.rule.lam if self.rule.method == "csra" else 0.0
+        """The λ the scorer uses: the card's for a method that takes the rule (csra), else 0 (the model, a
+        pooling baseline)."""
+        return self.rule.lam if self._takes_rule else 0.0
+
+    @property
+    def _takes_rule(self) -> bool:
+        method = METHODS.get(self.rule.method)
+        return method is not None and method.takes_rule
 
     def file_name(self) -> str:
         """``{model}__{dataset}.json`` with each run of characters other than ``A-Za-z0-9._@-`` replaced by one
@@ -143,7 +149,7 @@ class ScorerCard:
 
     def describe(self) -> str:
         rule = (f"{self.rule.method}, λ={self.lam:g}, {describe_temperatures(self.rule.temperatures)}"
-                if self.rule.method == "csra" else self.rule.method)
+                if self._takes_rule else self.rule.method)
         test = "" if self.chosen_with.test_mAP is None else f", test mAP {self.chosen_with.test_mAP:.2f}"
         return (f"{self.model} ({self.weights.label}) at {self.preprocessing.describe()}: {rule}, {self.rule.space} "
                 f"space; chosen on {self.chosen_with.dataset} val mAP {self.chosen_with.val_mAP:.2f}{test}")

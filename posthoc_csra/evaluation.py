@@ -18,9 +18,9 @@ import numpy as np
 if TYPE_CHECKING:
     from .options import EvalOptions
 
-from .baselines import BASELINES
 from .classmaps import pool_members
 from .errors import InputError
+from .methods import METHODS
 from .metrics import (always_positive_classes, average_precision, average_precision_sweep, best_f1_threshold,
                       f1_scores, ranked_classes, topk_f1_scores)
 from .spaces import get_space
@@ -178,7 +178,7 @@ def method_scores(stats, space: str, method: str = "model", *, heads=1, lam: flo
                   pool: str = "max") -> np.ndarray:
     """The (N, K) scores ``evaluate_stats`` ranks for one method and setting, from cached statistics.
 
-    method: "model", "csra" (at ``heads``, ``lam``) or a pooling baseline of ``baselines.BASELINES``;
+    method: a registered method (``methods.METHODS``): "model", "csra" (at ``heads``, ``lam``) or a baseline;
     K: the dataset's classes, or with ``class_map`` the ones it covers (``class_map.mapped``), pooled
     the way ``evaluate_stats`` pools them (``pool``, as the space allows). Use with the rows of a
     benchmark table (e.g. for bootstrap intervals or per-class AP).
@@ -186,16 +186,16 @@ def method_scores(stats, space: str, method: str = "model", *, heads=1, lam: flo
     space = get_space(space)
     members = _members(class_map)
     member_pool = None if members is None else space.member_pool(pool)
-    base = _stat(stats, f"{space.name}_base")
-    if method == "csra":
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if METHODS[method].takes_rule:
         temps = resolve_temperatures(heads)
-        parts = _rule_parts(base, _heads_att(_stat(stats, f"{space.name}_att"), temps, _stored_heads(stats)), members,
+        parts = _rule_parts(_stat(stats, f"{space.name}_base"),
+                            _heads_att(_stat(stats, f"{space.name}_att"), temps, _stored_heads(stats)), members,
                             member_pool)
         return _rule_scores(*parts[:2], float(np.float64(check_lam(lam)) / len(temps)), parts[2], members,
                             member_pool)
-    if method != "model" and method not in BASELINES:
-        raise InputError(f"unknown method {method!r}; choose model, csra or one of {', '.join(BASELINES)}")
-    return _pooled(base if method == "model" else _stat(stats, f"{space.name}@{method}"), members, member_pool)
+    return _pooled(_stat(stats, METHODS[method].stat_key(space.name)), members, member_pool)
 
 
 def _stat(stats, key: str) -> np.ndarray:
@@ -264,26 +264,26 @@ def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, cla
             return _pooled(scores, members, member_pool)
 
         common = dict(space=space.name, pool=member_pool)
-        add(dict(method="model", heads=None, lam=math.nan, _n_heads=0, **common),
-            _split_metrics(pooled(base), splits))
-        for heads, temps in heads_sets:
-            att_h = _heads_att(att, temps, stored)
-            label = format_temperatures(temps)  # heads: how many; temperatures: which (--heads 1 and T1 differ)
-            for lam, per_split in zip(lams, _csra_metrics(base, att_h, lams, len(temps), members, member_pool,
-                                                          splits)):
-                add(dict(method="csra", heads=len(temps), temperatures=label, lam=lam, _n_heads=len(temps),
-                         **common), per_split)
-        for method in BASELINES:
-            key = f"{space.name}@{method}"
+        for method in METHODS.values():  # table order: the model, csra, the baselines
+            if method.takes_rule:
+                for heads, temps in heads_sets:
+                    att_h = _heads_att(att, temps, stored)
+                    label = format_temperatures(temps)  # heads: how many; temperatures: which (1 and T1 differ)
+                    for lam, per_split in zip(lams, _csra_metrics(base, att_h, lams, len(temps), members,
+                                                                  member_pool, splits)):
+                        add(dict(method=method.name, heads=len(temps), temperatures=label, lam=lam,
+                                 _n_heads=len(temps), **common), per_split)
+                continue
+            key = method.stat_key(space.name)
             scores = np.asarray(stats[key]) if key in stats else None
             if scores is None or np.isnan(scores).all():  # absent, or all-NaN: not applicable to this model
-                reason = (notes or {}).get(method)
+                reason = (notes or {}).get(method.name)
                 if reason:  # say why instead of leaving a gap
-                    add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, note=f"not applicable: {reason}",
+                    add(dict(method=method.name, heads=None, lam=math.nan, _n_heads=0, note=f"not applicable: {reason}",
                              **common), [dict(split=name, n_images=len(sp.targets), mAP=math.nan)
                                          for name, sp in splits.items()])
                 continue
-            add(dict(method=method, heads=None, lam=math.nan, _n_heads=0, **common),
+            add(dict(method=method.name, heads=None, lam=math.nan, _n_heads=0, **common),
                 _split_metrics(pooled(scores), splits))
 
     df = pd.DataFrame(rows)

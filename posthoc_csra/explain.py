@@ -202,13 +202,13 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
         order[torch.isin(order, torch.tensor(chosen, device=order.device))]
     grid = tuple(int(v) for v in out.grid)
     maps = s[keep].reshape(len(keep), *grid)
-    weights = {h: h.weights(maps.flatten(1)) for h in scorer.temperatures}  # None: the head draws no map
+    weights = {h: h.weights(maps.flatten(1)) for h in scorer.heads}  # None: the head draws no map
     attention = {h: w.reshape(maps.shape).cpu().numpy() for h, w in weights.items() if w is not None}
     idx = keep.cpu().tolist()
     return Explanation(
         image=Path(path), model=model, image_size=image.size, crop_box=crop_box(image.size, config), grid=grid,
         classes=idx, names=[names[i] for i in idx], base=base[keep].cpu().numpy(), csra=scores[keep].cpu().numpy(),
-        maps=maps.cpu().numpy(), attention=attention, lam=float(lam), temperatures=tuple(scorer.temperatures),
+        maps=maps.cpu().numpy(), attention=attention, lam=float(lam), temperatures=tuple(scorer.heads),
         space=space, preprocessing=prepared.preprocessing.describe())
 
 

@@ -211,7 +211,7 @@ def scorer_metadata(scorer: "CSRAScorer", model_name: str, preprocessing: "Prepr
 
     label, identity = weights_of(scorer.model)
     meta = dict(model=model_name, weights={"label": label, "identity": identity}, method=scorer.method,
-                space=scorer.space, lam=scorer.lam, heads=[h.card_value for h in scorer.temperatures],
+                space=scorer.space, lam=scorer.lam, heads=[h.card_value for h in scorer.heads],
                 exact=scorer.exact, preprocessing=preprocessing.to_dict(), classes=class_names(scorer.model))
     if card is not None:
         meta["card"] = card_to_dict(card)

@@ -122,7 +122,7 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
     settings = dict(model=prepared.model, weights=weights_of(net)[0],
                     img_size=height if height == width else f"{height}x{width}",
                     preprocessing=prepared.preprocessing.mode, space=scorer.space, lam=scorer.lam,
-                    temperatures=format_temperatures(scorer.temperatures))
+                    temperatures=format_temperatures(scorer.heads))
     if scorer_card is not None:
         from .cards import card_record
 

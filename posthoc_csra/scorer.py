@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from . import heads as _heads
-from . import rule
-from .baselines import BASELINES, METHODS
 from .choices import STAT_TEMPERATURES, Heads, check_lam, resolve_temperatures
 from .errors import InputError
 from .heads import UnsupportedModelError
+from .methods import METHODS, at_least_fp32
 from .spaces import SPACES, LinearClassifier, ScoreSpace, get_space
 
 log = logging.getLogger("posthoc_csra")
@@ -32,11 +31,6 @@ class LocationOutput:
     derived: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 (AMP) → fp32 for the rule; a float64 model keeps float64 (scores as precise as its logits)."""
-    return t if t.dtype == torch.float64 else t.float()
-
-
 class CSRAScorer(nn.Module):
     """``score = base + (λ/H)·Σ_T att_T`` on top of a timm classifier, without retraining.
 
@@ -53,12 +47,13 @@ class CSRAScorer(nn.Module):
         space: a registered score space (``spaces.SPACES``): ``"logit"`` (the paper) or ``"prob"``
             (softmax probabilities per location; better for softmax-trained ImageNet models).
         input_size: (C, H, W) of the probe input; defaults to the size the model was built for.
-        method: ``"csra"`` (default), ``"model"`` (the model itself), or a pooling baseline from
-            ``baselines.BASELINES`` (``"max-pool"``, ``"avgmax-pool"``, ``"test-time-pool"``).
+        method: a registered method (``methods.METHODS``): ``"csra"`` (default), ``"model"`` (the model
+            itself), or a pooling baseline (``"max-pool"``, ``"avgmax-pool"``, ``"test-time-pool"``).
 
     Attributes set from a probe at construction: ``feature_format`` ("NCHW", "NHWC", "NLC+P"),
     ``head_kind``, ``exact`` (the mean of the per-location logits reproduces the model's logits),
-    ``normalized`` (the classifier is linear, so logit-space scores use L2-normalised weights).
+    ``normalized`` (the classifier is linear, so logit-space scores use L2-normalised weights). ``heads``: the
+    attention head objects (``attention.py``) the rule sums.
     """
 
     def __init__(self, model: nn.Module, lam: float = 0.1, heads: Heads = 1, space: str = "logit",
@@ -69,7 +64,7 @@ class CSRAScorer(nn.Module):
                 f"{type(model).__name__} has no forward_features/forward_head; pass a timm classifier")
         self.model = model.eval()
         self.lam = check_lam(lam)
-        self.temperatures = resolve_temperatures(heads)
+        self.heads = resolve_temperatures(heads)
         self.space = get_space(space).name
         self.head_kind = _heads.head_kind(model)
         self._probe(_heads.default_input_size(model, input_size))
@@ -77,7 +72,7 @@ class CSRAScorer(nn.Module):
         self.normalized = classifier is not None
         self.register_buffer("cls_bias", classifier.bias if classifier else None, persistent=False)
         self.register_buffer("cls_weight_norm", classifier.weight_norm if classifier else None, persistent=False)
-        self._baseline_notes = {name: baseline.unavailable(self) for name, baseline in BASELINES.items()}
+        self._baseline_notes = {m.name: m.unavailable(self) for m in METHODS.values() if m.own_statistic}
         self.method = self._check_method(method)
 
     @classmethod
@@ -111,11 +106,9 @@ class CSRAScorer(nn.Module):
                              f"weights, the same identity") from None
 
     def _check_method(self, method: str) -> str:
-        if method in ("csra", "model"):
-            return method
-        if method not in BASELINES:
+        if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        reason = self._baseline_notes[method]
+        reason = METHODS[method].unavailable(self)
         if reason is not None:
             raise UnsupportedModelError(f"method {method!r} does not apply to this model: {reason}")
         return method
@@ -200,22 +193,14 @@ class CSRAScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, C) scores of ``self.method`` in ``self.space``."""
-        if self.method == "model" or (self.method == "csra" and self.lam == 0):
-            return self.score_space.base(_at_least_fp32(self.model(x)))
+        if not METHODS[self.method].needs_locations(self.lam):
+            return self.score_space.base(at_least_fp32(self.model(x)))
         return self.score_output(self.forward_locations(x))
 
     def score_output(self, out: LocationOutput, lam: Optional[float] = None,
                      space: Optional[str] = None) -> torch.Tensor:
         """(B, C) scores from an already computed ``forward_locations`` output."""
-        space = get_space(space or self.space)
-        if self.method in BASELINES:
-            return space.base(_at_least_fp32(BASELINES[self.method].logits(self, out)))
-        lam = self.lam if lam is None else lam
-        base = space.base(_at_least_fp32(out.logits))
-        if lam == 0 or self.method == "model":
-            return base
-        terms = space.attention_terms(_at_least_fp32(out.location_logits), self.temperatures, self.classifier)
-        return rule.combine(base, terms, lam)
+        return METHODS[self.method].scores(self, out, get_space(space or self.space), self.lam if lam is None else lam)
 
     @torch.no_grad()
     def statistics(self, x: torch.Tensor, heads: Sequence = STAT_TEMPERATURES) -> Dict[str, torch.Tensor]:
@@ -228,15 +213,13 @@ class CSRAScorer(nn.Module):
         """
         out = self.forward_locations(x)
         logits, z = out.logits.float(), out.location_logits.float()
-        method_logits = {}
-        for name, baseline in BASELINES.items():
-            applies = self._baseline_notes[name] is None
-            method_logits[name] = baseline.logits(self, out).float() if applies else torch.full_like(
-                logits, float("nan"))
+        own = [m for m in METHODS.values() if m.own_statistic]
         stats = {"logits": logits}
         for name, space in SPACES.items():
             stats[f"{name}_base"] = space.base(logits)
             stats[f"{name}_mean"], stats[f"{name}_att"] = space.location_statistics(z, heads, self.classifier)
-            for method, values in method_logits.items():
-                stats[f"{name}@{method}"] = space.base(values)
+            for method in own:
+                applies = self._baseline_notes[method.name] is None
+                stats[method.stat_key(name)] = (method.scores(self, out, space, 0.0).float() if applies
+                                                else torch.full_like(logits, float("nan")))
         return {k: v.cpu() for k, v in stats.items()}

@@ -167,10 +167,10 @@ def test_export_traces_a_top_k_head(tmp_path):
 
     scorer = _tiny_scorer("T1+top0.1+inf")
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    result = export_scorer(scorer, x, tmp_path / "s.pt2", {"heads": [h.card_value for h in scorer.temperatures]})
+    result = export_scorer(scorer, x, tmp_path / "s.pt2", {"heads": [h.card_value for h in scorer.heads]})
     module, meta = load_program(tmp_path / "s.pt2")
     assert result.check.max_abs_diff <= 1e-5 and torch.allclose(module(x[:1]), scorer(x[:1]), atol=1e-5)
-    assert choices.resolve_temperatures(meta["heads"]) == scorer.temperatures
+    assert choices.resolve_temperatures(meta["heads"]) == scorer.heads
 
 
 def test_explain_draws_no_map_for_a_top_k_head(tmp_path):

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from posthoc_csra import bench, cards
-from posthoc_csra.baselines import BASELINES, METHODS
+from posthoc_csra.baselines import BASELINES
+from posthoc_csra.methods import METHODS
 from posthoc_csra.bench import run_bench
 from posthoc_csra.models import weights_of
 from posthoc_csra.options import EvalOptions, LoadOptions, ModelSource
@@ -129,7 +130,7 @@ def test_a_t1_card_round_trips_and_is_not_heads_1(card, model, tmp_path):
     data = json.loads(path.read_text())
     assert data["heads"] == [1.0] and cards.read_card(path) == t1 and "T={1}" in t1.describe()
     scorer = CSRAScorer.from_card(path, model)
-    assert scorer.temperatures == (1.0,)
+    assert scorer.heads == (1.0,)
     x = torch.randn(2, 3, IMG, IMG)
     assert torch.equal(scorer(x), CSRAScorer(model, lam=0.5, heads="T1", space=t1.rule.space)(x))
     one = _csra_card(card, lam=0.5, temperatures=(math.inf,))
@@ -185,7 +186,7 @@ def test_bench_heads_t1_rows_and_card(tmp_path):
 def test_scorer_from_card_is_the_scorer_the_card_describes(card, model):
     chosen = _csra_card(card, lam=0.5, space="prob", temperatures=(1.0, math.inf))
     scorer = CSRAScorer.from_card(chosen, model)
-    assert (scorer.lam, scorer.space, scorer.temperatures) == (0.5, "prob", (1.0, math.inf))
+    assert (scorer.lam, scorer.space, scorer.heads) == (0.5, "prob", (1.0, math.inf))
     x = torch.randn(2, 3, IMG, IMG)
     expected = CSRAScorer(model, lam=0.5, heads=(1.0, math.inf), space="prob")(x)
     assert torch.equal(scorer(x), expected)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..baselines import METHODS
+from ..methods import METHODS
 from ..bench import parse_methods
 from ..choices import DEFAULT_HEADS
 from ..datasets import DATASETS
