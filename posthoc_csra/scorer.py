@@ -208,8 +208,9 @@ class CSRAScorer(nn.Module):
 
         ``logits`` (B, C); per space ``{space}_base`` (B, C), ``{space}_mean`` (B, C) the mean of the
         location scores ``s``, ``{space}_att`` (B, H, C) the attention terms of ``heads`` (default
-        ``choices.STAT_TEMPERATURES``, what the statistics cache stores) in the base's units (score = base + (λ/H)·Σ_T att_T), and per baseline ``{space}@{method}`` (B, C)
-        (NaN where the baseline does not apply; ``baseline_notes()`` says why).
+        ``choices.STAT_TEMPERATURES``, what the statistics cache stores) in the base's units
+        (score = base + (λ/H)·Σ_T att_T), and per method with ``own_statistic`` (the pooling baselines) its
+        ``stat_key`` array ``{space}@{method}`` (B, C) (NaN where it does not apply; ``baseline_notes()`` says why).
         """
         out = self.forward_locations(x)
         logits, z = out.logits.float(), out.location_logits.float()

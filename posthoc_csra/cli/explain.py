@@ -4,8 +4,7 @@ from __future__ import annotations
 import click
 
 from ..spaces import get_space
-from .options import (checked, device_options, full_frame_option, heads_text, img_size_option, model_option,
-                      rule_options, topk_option, weights_options)
+from .options import (checked, device_options, heads_text, scorer_options, topk_option)
 
 
 def score_table(result) -> str:
@@ -28,11 +27,7 @@ def _figure_path(path):
 
 @click.command("explain")
 @click.argument("image", type=click.Path(dir_okay=False))
-@model_option
-@weights_options
-@rule_options
-@img_size_option
-@full_frame_option
+@scorer_options
 @device_options
 @click.option("--classes", "-c", "class_names", multiple=True, metavar="NAME",
               help="Explain this class (any synonym of its label, case-insensitive; repeat for several). "

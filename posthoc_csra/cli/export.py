@@ -6,8 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .options import (card_option, checked, full_frame_option, heads_text, img_size_option, model_option,
-                      refuse_with_card, rule_options, weights_options)
+from .options import (card_option, checked, heads_text, refuse_with_card, scorer_options)
 
 
 def _program_path(value) -> Path:
@@ -19,11 +18,7 @@ def _program_path(value) -> Path:
 
 @click.command("export")
 @card_option
-@model_option
-@weights_options
-@rule_options
-@img_size_option
-@full_frame_option
+@scorer_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=checked(_program_path),
               help="The program file to write (.pt2).")
 @click.option("--check-images", type=click.Path(exists=True), metavar="FILE|DIR",

@@ -186,6 +186,14 @@ full_frame_option = click.option(
          "are lost.")
 
 
+def scorer_options(command: Callable) -> Callable:
+    """--model, the weights and rule groups, --img-size, --full-frame/--center-crop: what builds a scorer
+    (score, explain, export), in --help order."""
+    for option in reversed((model_option, weights_options, rule_options, img_size_option, full_frame_option)):
+        command = option(command)
+    return command
+
+
 def topk_option(default: int, help: str):
     return click.option("--topk", "-k", type=int, default=default, show_default=True, callback=checked(check_topk),
                         help=help)
@@ -219,6 +227,6 @@ def heads_text(temperatures) -> str:
 
 __all__ = ["OptionError", "CommandGroup", "OptionGroup", "checked", "option_name", "model_option",
            "card_option", "CARD_SETS", "refuse_with_card", "weights_options", "rule_options", "img_size_option",
-           "full_frame_option",
+           "full_frame_option", "scorer_options",
            "topk_option", "device_options", "loader_options",
            "progress_option", "heads_text", "HEADS_HELP", "HEADS_METAVAR"]

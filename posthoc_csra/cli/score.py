@@ -5,9 +5,8 @@ import click
 
 from ..options import ScoreTableOptions
 from ..tables import check_table_path
-from .options import (OptionGroup, card_option, checked, device_options, full_frame_option, heads_text,
-                      img_size_option, loader_options, model_option, progress_option, refuse_with_card, rule_options,
-                      topk_option, weights_options)
+from .options import (OptionGroup, card_option, checked, device_options, heads_text, loader_options, progress_option,
+                      refuse_with_card, scorer_options, topk_option)
 
 
 def terminal_view(table) -> str:
@@ -43,11 +42,7 @@ score_table_options = OptionGroup("table", (
 @click.command("score")
 @click.argument("image_dir", type=click.Path())
 @card_option
-@model_option
-@weights_options
-@rule_options
-@img_size_option
-@full_frame_option
+@scorer_options
 @device_options
 @loader_options
 @score_table_options
