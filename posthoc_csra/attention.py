@@ -97,6 +97,10 @@ class AttentionHead:
         """The head for people: ``"1"``, ``"∞"`` (inside ``T={...}``)."""
         return self.token
 
+    def weights_title(self) -> str:
+        """What ``explain`` writes over this head's map of ``weights``."""
+        return f"attention weights of head {self.describe()}"
+
     @property
     def card_value(self):
         """A card's / an exported program's JSON ``"heads"`` entry: the token (numbers stay JSON numbers)."""
@@ -193,6 +197,9 @@ class SoftmaxHead(AttentionHead):
         import torch
 
         return torch.softmax(self.temperature * s, dim=-1)
+
+    def weights_title(self) -> str:
+        return f"attention softmax(T·s), T={self.describe()}"
 
     def describe(self) -> str:
         return self.token

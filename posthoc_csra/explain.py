@@ -113,7 +113,7 @@ class Explanation:
     base: np.ndarray  # (k,) the model's scores in ``space``
     csra: np.ndarray  # (k,) base + λ·attention
     maps: np.ndarray  # (k, H, W) per-location scores s in ``space``
-    attention: Dict[object, np.ndarray] = field(default_factory=dict)  # head → (k, H, W) its weights, e.g. softmax(T·s)
+    attention: Dict[object, np.ndarray] = field(default_factory=dict)  # head → (k, H, W) its weights (``AttentionHead.weights``)
     lam: float = 0.1
     temperatures: Tuple[float, ...] = (math.inf,)
     space: str = "logit"
@@ -165,8 +165,8 @@ def explain_image(path, model: str = DEFAULT_MODEL, rule: "RuleOptions" = None, 
     see ``render``).
 
     Args:
-        rule: ``options.RuleOptions`` (λ, heads, space); attention weights softmax(T·s) are kept for every
-            finite temperature T of its heads. source: which weights (``options.ModelSource``).
+        rule: ``options.RuleOptions`` (λ, heads, space); attention weights (``AttentionHead.weights``) are kept
+            for every head that has them (the finite temperatures T). source: which weights (``options.ModelSource``).
         runtime: ``runtime.Runtime`` or its fields as a dict (device, AMP, channels_last; default CPU).
         img_size: the input side (default the model's own). full_frame: the whole image resized to
             img_size × img_size (default, as ``score``); False: timm's centre crop (objects near the borders
@@ -266,7 +266,7 @@ def render(result: Explanation, output: Union[str, Path], image=None, max_side: 
                 title = (f"{name} — base {_format_score(result.base[i], result.space)} · CSRA "
                          f"{_format_score(result.csra[i], result.space)} (λ={result.lam:g}, {result.space})")
             else:
-                title = f"{name} — attention softmax(T·s), T={_format_t(t)}"
+                title = f"{name} — {t.weights_title()}"
             ax.set_title(textwrap.fill(title, 44), fontsize=11)
     heads = ",".join(_format_t(t) for t in result.temperatures)
     what = get_space(result.space).location_label
