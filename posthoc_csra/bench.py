@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from .methods import METHODS
 from .cards import (Choice, Preprocessing, Rule, ScorerCard, Weights, _number)
-from .choices import HEAD_SETS, parse_temperatures, resolve_temperatures
+from .choices import HEAD_SETS, parse_temperatures, resolve_heads
 from .errors import InputError, MissingInputError
 from .executors import Executor, LocalExecutor
 from .options import EvalOptions, LoadOptions, ModelSource
@@ -138,7 +138,7 @@ def _temperatures(row: dict) -> Tuple[float, ...]:
         count = float(text)
     except ValueError:
         return parse_temperatures(text)
-    return HEAD_SETS[int(count)] if count in HEAD_SETS else resolve_temperatures((count,))
+    return HEAD_SETS[int(count)] if count in HEAD_SETS else resolve_heads((count,))
 
 
 def parse_methods(text: Union[str, Sequence[str]]) -> Tuple[str, ...]:

@@ -3,7 +3,7 @@
 Per image and class it stores what ``CSRAScorer.statistics`` returns, as the registered score spaces and
 attention heads declare it: the model's logits, per score space (``spaces.SPACES``) its base (unless it is
 the logits themselves), the mean over locations and the attention terms of the stored heads
-(``choices.STAT_TEMPERATURES``, what the head kinds declare: T = 1..7 and inf, the last being the max over
+(``choices.STORED_HEADS``, what the head kinds declare: T = 1..7 and inf, the last being the max over
 locations, plus any ``extra_heads`` a run asks for, which are part of the key).
 That is enough to evaluate any λ, head set and space without the model.
 
@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 
 import numpy as np
 
-from .choices import STAT_TEMPERATURES
+from .choices import STORED_HEADS
 from .errors import is_out_of_memory
 from .methods import METHODS
 from .spaces import SPACES
@@ -63,7 +63,7 @@ STAT_KEYS: Tuple[str, ...] = ("logits",) + tuple(
 class Statistics(dict):
     """The arrays of ``StatsCache.load`` by name; ``heads``: the heads along the ``_att`` arrays' axis 1."""
 
-    heads: tuple = tuple(STAT_TEMPERATURES)
+    heads: tuple = tuple(STORED_HEADS)
 
 
 class CacheCorruptError(RuntimeError):
@@ -76,7 +76,7 @@ class BadImageError(RuntimeError):
 
 def cache_key(fields: dict, extra_heads: Sequence = ()) -> str:
     """sha256 (hex) of the canonical JSON of everything that changes the numbers; ``extra_heads`` (heads
-    stored besides ``STAT_TEMPERATURES``, ``choices.extra_heads``) join it by their tokens when there are any."""
+    stored besides ``STORED_HEADS``, ``choices.extra_heads``) join it by their tokens when there are any."""
     extra = {"extra_heads": [h.token for h in extra_heads]} if extra_heads else {}
     blob = json.dumps({"cache_format": CACHE_FORMAT, **fields, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -113,14 +113,14 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 class StatsCache:
     """The chunk files of one cache key (see the module docstring). ``heads``: the heads along the ``_att``
-    arrays' axis 1, ``STAT_TEMPERATURES`` then ``extra_heads``."""
+    arrays' axis 1, ``STORED_HEADS`` then ``extra_heads``."""
 
     def __init__(self, cache_dir: Union[str, Path], fields: dict, n_images: int, n_classes: int,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, extra_heads: Sequence = ()):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.fields = json_ready(fields)
-        self.heads = tuple(STAT_TEMPERATURES) + tuple(extra_heads)
+        self.heads = tuple(STORED_HEADS) + tuple(extra_heads)
         self.key = cache_key(self.fields, tuple(extra_heads))
         self.path = Path(cache_dir).expanduser() / "stats" / self.key
         self.n_images, self.n_classes, self.chunk_size = int(n_images), int(n_classes), int(chunk_size)
@@ -277,7 +277,7 @@ def chunk_statistics(scorer, dataset, transform, runtime, rows: Tuple[int, int],
     Out of memory on a batch restarts the chunk with half the batch (down to 1), as timm's validate.py
     does. ``on_batch(n_images, batch_index)`` runs before each forward pass (a test hook). Raises
     BadImageError naming the first image that cannot be loaded. ``heads``: the heads of the ``_att`` arrays
-    (``StatsCache.heads``; None: the scorer's default, ``STAT_TEMPERATURES``).
+    (``StatsCache.heads``; None: the scorer's default, ``STORED_HEADS``).
     """
     try:
         (done,) = stream_statistics(scorer, dataset, transform, runtime, [(None, rows)], batch_size, workers, on_batch,
@@ -359,6 +359,8 @@ def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size,
 
     import torch
 
+    from .runtime import release_host_memory
+
     replay = list(pending)
 
     def batches():
@@ -395,6 +397,8 @@ def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size,
                     buffers = {k: [] for k in STAT_KEYS}
                     now = time.perf_counter()
                     yield ChunkDone(tag, arrays, batch_size, now - started)
+                    del arrays  # written by the consumer: give its memory, and the batches', back to the OS
+                    release_host_memory()
                     done_rows, index, started = 0, 0, time.perf_counter()
     finally:
         shutdown = getattr(batches_iter, "_shutdown_workers", None)  # stop the workers now, not at collection

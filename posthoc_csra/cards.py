@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 from .methods import METHODS
 from .errors import InputError, MissingInputError
 from .attention import parse_head
-from .choices import SPACES, describe_temperatures, preprocessing_mode, resolve_temperatures
+from .choices import SPACES, describe_temperatures, preprocessing_mode, resolve_heads
 
 if TYPE_CHECKING:  # torch stays out of import time
     from torch import nn
@@ -159,7 +159,7 @@ class ScorerCard:
 def _card_temperatures(heads) -> tuple:
     """A card's "heads": the list of heads it writes (``[1.0, "inf"]``, ``AttentionHead.card_value``), or, written
     by hand, a head set in ``choices.HEADS_SYNTAX`` (``4``, ``"T1"``); every spelling is read by ``choices``."""
-    return resolve_temperatures(tuple(heads) if isinstance(heads, list) else heads)
+    return resolve_heads(tuple(heads) if isinstance(heads, list) else heads)
 
 
 def _number(value) -> Optional[float]:

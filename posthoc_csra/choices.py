@@ -38,7 +38,7 @@ HEAD_SETS: Dict[int, Tuple[AttentionHead, ...]] = {
 #: The heads the statistics cache stores by default, as the registered kinds declare them
 #: (``attention.stored_heads``: T = 1..7 and ∞, every head of every paper head set). Others asked of
 #: ``bench`` are stored too, under their own cache key (``extra_heads``).
-STAT_TEMPERATURES: Tuple[AttentionHead, ...] = stored_heads()
+STORED_HEADS: Tuple[AttentionHead, ...] = stored_heads()
 
 #: A head set as the library takes it: a paper head count (a key of ``HEAD_SETS``), explicit heads
 #: (``(1.0, math.inf)``, heads, their tokens), or its text (``HEADS_SYNTAX``).
@@ -145,7 +145,7 @@ def format_head_set(heads: Heads) -> str:
     return (_T_PREFIX if heads[0].NUMERIC else "") + _T_JOIN.join(h.token for h in heads)
 
 
-def resolve_temperatures(heads: Heads) -> Tuple[AttentionHead, ...]:
+def resolve_heads(heads: Heads) -> Tuple[AttentionHead, ...]:
     """The heads of ``heads`` in any spelling (``parse_head_set``): a paper head count (1, 2, 4, 6, 8; 1 is
     T = ∞), explicit heads or temperatures, or their text (``"4"``, ``"T1"``, ``"T1+inf"``)."""
     heads = parse_head_set(heads)
@@ -153,9 +153,9 @@ def resolve_temperatures(heads: Heads) -> Tuple[AttentionHead, ...]:
 
 
 def extra_heads(head_sets: Sequence[Heads]) -> Tuple[AttentionHead, ...]:
-    """The heads of ``head_sets`` the statistics cache does not store by default (``STAT_TEMPERATURES``), once
+    """The heads of ``head_sets`` the statistics cache does not store by default (``STORED_HEADS``), once
     each, in a fixed order (``AttentionHead.sort_key``): what ``bench`` stores besides, under its own key."""
-    heads = {h for hs in head_sets for h in resolve_temperatures(hs) if h not in STAT_TEMPERATURES}
+    heads = {h for hs in head_sets for h in resolve_heads(hs) if h not in STORED_HEADS}
     return tuple(sorted(heads, key=lambda h: h.sort_key()))
 
 

@@ -24,7 +24,7 @@ from .methods import METHODS
 from .metrics import (always_positive_classes, average_precision, average_precision_sweep, best_f1_threshold,
                       f1_scores, ranked_classes, topk_f1_scores)
 from .spaces import get_space
-from .choices import STAT_TEMPERATURES, check_lam, format_temperatures, resolve_temperatures
+from .choices import STORED_HEADS, check_lam, format_temperatures, resolve_heads
 
 #: Top-k F1: each image predicts its TOPK highest-scoring classes.
 TOPK = 3
@@ -139,7 +139,7 @@ def _pooled(scores, members, member_pool):
 
 def _stored_heads(stats) -> tuple:
     """The heads along the ``_att`` arrays' axis 1: ``stats.heads`` (``cache.Statistics``), else the default."""
-    return tuple(getattr(stats, "heads", STAT_TEMPERATURES))
+    return tuple(getattr(stats, "heads", STORED_HEADS))
 
 
 def _heads_att(att, temps, stored) -> np.ndarray:
@@ -189,7 +189,7 @@ def method_scores(stats, space: str, method: str = "model", *, heads=1, lam: flo
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if METHODS[method].takes_rule:
-        temps = resolve_temperatures(heads)
+        temps = resolve_heads(heads)
         parts = _rule_parts(_stat(stats, f"{space.name}_base"),
                             _heads_att(_stat(stats, f"{space.name}_att"), temps, _stored_heads(stats)), members,
                             member_pool)
@@ -210,7 +210,7 @@ def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, cla
     """Metric rows (columns of ``COLUMNS`` from split to pool) from cached statistics alone.
 
     stats: per space ``{space}_base`` (N, C), ``{space}_att`` (N, H, C) of the heads ``stats.heads``
-    (default ``STAT_TEMPERATURES``), and
+    (default ``STORED_HEADS``), and
     optionally ``{space}@{method}`` (N, C) per pooling baseline (all-NaN: the baseline does not apply).
     targets, ignore: (N, C_dataset); class_map: a ``classmaps.ClassMap`` from the model's classes to the
     dataset's (its unmapped classes are left out). options: ``options.EvalOptions`` (already checked): λ values
@@ -240,7 +240,7 @@ def evaluate_stats(stats, targets, ignore, options: "EvalOptions" = None, *, cla
     else:
         parts = {"all": slice(None)}
     splits = {name: _Split(rows, targets[rows], ignore[rows]) for name, rows in parts.items()}
-    heads_sets = [(h, resolve_temperatures(h)) for h in options.heads]
+    heads_sets = [(h, resolve_heads(h)) for h in options.heads]
     stored = _stored_heads(stats)
     for heads, temps in heads_sets:
         if any(t not in stored for t in temps):

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 from .errors import InputError
 from .parsing import check_batch_size, check_topk, check_workers, parse_heads, parse_lams, parse_spaces
 from .choices import DEFAULT_HEADS, DEFAULT_LAM, DEFAULT_SPACE, SPACES, Heads, check_lam, check_space, \
-    resolve_temperatures
+    resolve_heads
 
 
 def _int(name: str, value, minimum: int) -> int:
@@ -39,12 +39,12 @@ class RuleOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "lam", check_lam(self.lam))
-        resolve_temperatures(self.heads)
+        resolve_heads(self.heads)
         object.__setattr__(self, "space", check_space(self.space))
 
     @property
     def temperatures(self) -> Tuple[float, ...]:
-        return resolve_temperatures(self.heads)
+        return resolve_heads(self.heads)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numbers
 from typing import Iterable, List, Optional, Union
 
 from .errors import InputError
-from .choices import HEADS_SYNTAX, SPACES, Heads, check_lam, check_space, parse_head_set, resolve_temperatures
+from .choices import HEADS_SYNTAX, SPACES, Heads, check_lam, check_space, parse_head_set, resolve_heads
 
 #: The smallest input side. timm's networks downsample by up to 32 (CNN stages; ViT/Swin patches of
 #: 16 or 32 pixels), so a smaller input leaves less than one location per side to score.
@@ -116,7 +116,7 @@ def parse_heads(text: Union[str, int, Iterable[Heads]]) -> List[Heads]:
     """Bench's head sets: ``"1,4,8,T1,T1+inf"`` (comma-separated, each in ``choices.HEADS_SYNTAX``), one head
     count, or a list of head sets (``[1, 4, (1.0,)]``) → [1, 4, 8, (1.0,), (1.0, inf)]
     (``choices.parse_head_set``'s normal forms); duplicates (the same heads) dropped, order kept. Heads the
-    statistics cache does not store by default (``choices.STAT_TEMPERATURES``: 1..7 and inf) are computed
+    statistics cache does not store by default (``choices.STORED_HEADS``: 1..7 and inf) are computed
     into a cache of their own (``choices.extra_heads``)."""
     if isinstance(text, str):
         items = [p.strip() for p in text.split(",") if p.strip()]
@@ -132,7 +132,7 @@ def parse_heads(text: Union[str, int, Iterable[Heads]]) -> List[Heads]:
             value = parse_head_set(item)
         except InputError as err:
             raise err if len(items) == 1 else InputError(f"{err} (in the head list {text!r})") from None
-        same = tuple(sorted(resolve_temperatures(value), key=lambda h: h.sort_key()))
+        same = tuple(sorted(resolve_heads(value), key=lambda h: h.sort_key()))
         if same not in seen:
             seen.add(same)
             heads.append(value)

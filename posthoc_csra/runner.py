@@ -109,9 +109,9 @@ class ChunkJob:
     @property
     def stored_heads(self) -> Optional[tuple]:
         """The heads of the chunk's ``_att`` arrays (``cache.StatsCache.heads``); None: the default ones."""
-        from .choices import STAT_TEMPERATURES
+        from .choices import STORED_HEADS
 
-        return STAT_TEMPERATURES + self.heads if self.heads else None
+        return STORED_HEADS + self.heads if self.heads else None
 
 
 @dataclass(frozen=True)

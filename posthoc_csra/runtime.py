@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,3 +64,24 @@ class Runtime:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.torch_device.type, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None where the C library has none: macOS, Windows, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:  # no loadable C library: nothing to trim
+        return None
+
+
+def release_host_memory() -> None:
+    """Hand the heap's free memory back to the operating system (glibc ``malloc_trim(0)``; a no-op elsewhere).
+
+    A statistics pass frees tens of MiB of batch buffers after every batch; glibc keeps freed blocks below its
+    (self-raising) mmap threshold in the heap, where they fragment and resident memory creeps up with the
+    number of images. Called once per finished chunk, it costs about a millisecond."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

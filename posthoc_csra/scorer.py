@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import heads as _heads
-from .choices import STAT_TEMPERATURES, Heads, check_lam, resolve_temperatures
+from .choices import STORED_HEADS, Heads, check_lam, resolve_heads
 from .errors import InputError
 from .heads import UnsupportedModelError
 from .methods import METHODS, at_least_fp32
@@ -64,7 +64,7 @@ class CSRAScorer(nn.Module):
                 f"{type(model).__name__} has no forward_features/forward_head; pass a timm classifier")
         self.model = model.eval()
         self.lam = check_lam(lam)
-        self.heads = resolve_temperatures(heads)
+        self.heads = resolve_heads(heads)
         self.space = get_space(space).name
         self.head_kind = _heads.head_kind(model)
         self._probe(_heads.default_input_size(model, input_size))
@@ -203,12 +203,12 @@ class CSRAScorer(nn.Module):
         return METHODS[self.method].scores(self, out, get_space(space or self.space), self.lam if lam is None else lam)
 
     @torch.no_grad()
-    def statistics(self, x: torch.Tensor, heads: Sequence = STAT_TEMPERATURES) -> Dict[str, torch.Tensor]:
+    def statistics(self, x: torch.Tensor, heads: Sequence = STORED_HEADS) -> Dict[str, torch.Tensor]:
         """Everything any λ, head set, space and method needs, from one backbone pass (fp32, on CPU).
 
         ``logits`` (B, C); per space ``{space}_base`` (B, C), ``{space}_mean`` (B, C) the mean of the
         location scores ``s``, ``{space}_att`` (B, H, C) the attention terms of ``heads`` (default
-        ``choices.STAT_TEMPERATURES``, what the statistics cache stores) in the base's units
+        ``choices.STORED_HEADS``, what the statistics cache stores) in the base's units
         (score = base + (λ/H)·Σ_T att_T), and per method with ``own_statistic`` (the pooling baselines) its
         ``stat_key`` array ``{space}@{method}`` (B, C) (NaN where it does not apply; ``baseline_notes()`` says why).
         """

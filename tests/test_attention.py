@@ -50,7 +50,7 @@ def test_fraction_rounds_half_up_and_takes_at_least_one_location():
 
 def test_mixed_head_sets_compute_each_kind_in_its_own_call():
     s = _scores(seed=1)
-    terms = rule.attention_terms(s, choices.resolve_temperatures("T1+top0.1+inf+top3"))
+    terms = rule.attention_terms(s, choices.resolve_heads("T1+top0.1+inf+top3"))
     expected = [rule.attention(s, 1.0), _top_mean(s, 3).float(), s.amax(-1), _top_mean(s, 3).float()]
     for i, e in enumerate(expected):
         assert torch.allclose(terms[:, i], e, atol=1e-6), i
@@ -69,7 +69,7 @@ def test_logit_space_top_k_is_in_logit_units():
 
 def test_lam_zero_is_still_the_model():
     base = torch.randn(3, 7)
-    assert rule.csra(base, _scores(), 0.0, choices.resolve_temperatures("Ttop0.1")) is base
+    assert rule.csra(base, _scores(), 0.0, choices.resolve_heads("Ttop0.1")) is base
 
 
 @pytest.mark.parametrize("text, written, cell", [("T1+top0.1", "T1+top0.1", "1,top0.1"), ("top5", "top5", "top5"),
@@ -80,7 +80,7 @@ def test_top_k_spelling_round_trips(text, written, cell):
     assert choices.format_head_set(heads) == written and choices.parse_head_set(written) == heads
     assert choices.format_temperatures(heads) == cell and choices.parse_temperatures(cell) == heads
     card_heads = json.loads(json.dumps([h.card_value for h in heads]))
-    assert choices.resolve_temperatures(card_heads) == heads
+    assert choices.resolve_heads(card_heads) == heads
     assert "top" in choices.describe_temperatures(heads)
 
 
@@ -93,7 +93,7 @@ def test_bad_top_k_says_how_to_write_one(bad):
 def test_top_k_is_registered_and_documented():
     assert HEAD_KINDS["topk"] is TopKHead
     assert "top<k>" in head_syntax_help()  # in every --heads help and head-set error
-    assert TopKHead(5) not in choices.STAT_TEMPERATURES  # computed when asked, never stored by default
+    assert TopKHead(5) not in choices.STORED_HEADS  # computed when asked, never stored by default
     assert choices.extra_heads(["T1+top0.1", 4, "top0.1+top5"]) == (TopKHead(0.1), TopKHead(5))
 
 
@@ -152,7 +152,7 @@ def _tiny_scorer(heads):
 def test_a_card_keeps_a_top_k_head(tmp_path):
     from posthoc_csra import cards
 
-    rule_ = cards.Rule("csra", "prob", choices.resolve_temperatures("T1+top0.1"), 0.5)
+    rule_ = cards.Rule("csra", "prob", choices.resolve_heads("T1+top0.1"), 0.5)
     card = cards.ScorerCard(
         model="test_efficientnet", num_classes=1000, weights=cards.Weights("random", "x"),
         preprocessing=cards.Preprocessing(64, True, 1.0, "center", "bicubic", (0.5,) * 3, (0.5,) * 3), rule=rule_,
@@ -170,7 +170,7 @@ def test_export_traces_a_top_k_head(tmp_path):
     result = export_scorer(scorer, x, tmp_path / "s.pt2", {"heads": [h.card_value for h in scorer.heads]})
     module, meta = load_program(tmp_path / "s.pt2")
     assert result.check.max_abs_diff <= 1e-5 and torch.allclose(module(x[:1]), scorer(x[:1]), atol=1e-5)
-    assert choices.resolve_temperatures(meta["heads"]) == scorer.heads
+    assert choices.resolve_heads(meta["heads"]) == scorer.heads
 
 
 def test_explain_draws_no_map_for_a_top_k_head(tmp_path):

@@ -74,22 +74,22 @@ def test_temperatures_round_trip_and_checks():
 def test_head_set_spelling_round_trips(text, normal, temperatures):
     from posthoc_csra import choices
 
-    assert choices.parse_head_set(text) == normal and choices.resolve_temperatures(text) == temperatures
+    assert choices.parse_head_set(text) == normal and choices.resolve_heads(text) == temperatures
     written = choices.format_head_set(normal)
     assert "," not in written  # never clashes with bench's comma-separated list
     assert choices.parse_head_set(written) == normal and choices.format_head_set(written) == written
     assert choices.parse_temperatures(choices.format_temperatures(temperatures)) == temperatures
     # every spelling of one head set is the same head set: a count, temperatures, their text
-    assert choices.resolve_temperatures(normal) == choices.resolve_temperatures(list(temperatures)) == temperatures
+    assert choices.resolve_heads(normal) == choices.resolve_heads(list(temperatures)) == temperatures
 
 
 def test_head_set_text_of_one_and_t1_differ():
     from posthoc_csra import choices
 
     assert choices.format_head_set(1) == "1" and choices.format_head_set((1.0,)) == "T1"
-    assert choices.format_temperatures(choices.resolve_temperatures(1)) == "inf"
-    assert choices.format_temperatures(choices.resolve_temperatures("T1")) == "1"
-    assert choices.describe_temperatures(choices.resolve_temperatures("1")) == "T={∞}"
+    assert choices.format_temperatures(choices.resolve_heads(1)) == "inf"
+    assert choices.format_temperatures(choices.resolve_heads("T1")) == "1"
+    assert choices.describe_temperatures(choices.resolve_heads("1")) == "T={∞}"
     assert choices.format_head_set([1, "inf"]) == "T1+inf" and choices.format_head_set("4") == "4"
 
 

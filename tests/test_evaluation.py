@@ -17,7 +17,7 @@ from posthoc_csra.metrics import average_precision, best_f1_threshold, f1_scores
 from posthoc_csra.models import load_model
 from posthoc_csra.scorer import CSRAScorer
 from posthoc_csra.prepare import data_transform
-from posthoc_csra.choices import STAT_TEMPERATURES
+from posthoc_csra.choices import STORED_HEADS
 
 TOP_C, TOP_O = f"CF1@top{TOPK}", f"OF1@top{TOPK}"
 
@@ -102,7 +102,7 @@ def _synthetic_stats(n=40, c=1000, seed=0, baselines=("max-pool",)):
     prob = torch.from_numpy(logits).softmax(1).numpy()
     out = {"logits": logits, "logit_base": logits, "prob_base": prob}
     for space, scale in (("logit", 1.0), ("prob", 1e-3)):
-        out[f"{space}_att"] = (rng.random((n, len(STAT_TEMPERATURES), c)) * scale).astype(np.float32)
+        out[f"{space}_att"] = (rng.random((n, len(STORED_HEADS), c)) * scale).astype(np.float32)
         out[f"{space}_mean"] = out[f"{space}_att"].mean(1)
         for method in baselines:
             out[f"{space}@{method}"] = out[f"{space}_base"] + out[f"{space}_att"][:, -1]
@@ -181,7 +181,7 @@ def test_methods_selection_and_val_thresholds():
     for space, method, heads, lam in [("logit", "csra", 8, 0.5), ("prob", "csra", 1, 0.2), ("logit", "model", None, None),
                                       ("prob", "test-time-pool", None, None)]:
         if method == "csra":
-            h = len(STAT_TEMPERATURES) if heads == 8 else 1
+            h = len(STORED_HEADS) if heads == 8 else 1
             att = stats[f"{space}_att"][:, :].sum(1) if heads == 8 else stats[f"{space}_att"][:, -1]
             s = stats[f"{space}_base"] + np.float32(lam / h) * att
             rows = df[(df["method"] == method) & (df["space"] == space) & (df["heads"] == heads) & (df["lam"] == lam)]

@@ -15,16 +15,16 @@ def test_head_sets_are_the_papers():
     assert choices.HEAD_SETS[4] == (1, 2, 4, math.inf)
     assert choices.HEAD_SETS[6] == (1, 2, 3, 4, 5, math.inf)
     assert choices.HEAD_SETS[8] == (1, 2, 3, 4, 5, 6, 7, math.inf)
-    assert choices.STAT_TEMPERATURES == choices.HEAD_SETS[8]
+    assert choices.STORED_HEADS == choices.HEAD_SETS[8]
 
 
 def test_resolve_temperatures():
-    assert choices.resolve_temperatures(4) == (1, 2, 4, math.inf)
-    assert choices.resolve_temperatures([1]) == (1.0,)
+    assert choices.resolve_heads(4) == (1, 2, 4, math.inf)
+    assert choices.resolve_heads([1]) == (1.0,)
     with pytest.raises(ValueError, match="paper head set"):
-        choices.resolve_temperatures(3)
+        choices.resolve_heads(3)
     with pytest.raises(ValueError, match="positive"):
-        choices.resolve_temperatures([0])
+        choices.resolve_heads([0])
     assert attention.parse_head("inf") == math.inf and attention.parse_head(" 2 ") == 2.0
 
 
@@ -115,11 +115,11 @@ def test_logit_space_terms_are_the_papers_attention_in_logit_units(temps):
 def test_resolve_temperatures_reads_the_one_head_set_spelling():
     """Text names a head set (choices.HEADS_SYNTAX), never a string of characters: "4" is the paper's 4 heads,
     "T1" is T = 1 alone (the official CSRA code's MHA(num_heads=1)), 1 is T = ∞."""
-    assert choices.resolve_temperatures("4") == choices.HEAD_SETS[4]
-    assert choices.resolve_temperatures("T1") == (1.0,) and choices.resolve_temperatures(1) == (math.inf,)
-    assert choices.resolve_temperatures("T1+inf") == choices.resolve_temperatures((1, math.inf)) == (1.0, math.inf)
+    assert choices.resolve_heads("4") == choices.HEAD_SETS[4]
+    assert choices.resolve_heads("T1") == (1.0,) and choices.resolve_heads(1) == (math.inf,)
+    assert choices.resolve_heads("T1+inf") == choices.resolve_heads((1, math.inf)) == (1.0, math.inf)
     with pytest.raises(InputError, match="MHA"):
-        choices.resolve_temperatures("1,inf")
+        choices.resolve_heads("1,inf")
 
 
 # ---- how the terms are computed: every path is the formula up to float rounding, row by row
@@ -210,10 +210,10 @@ def test_location_statistics_are_the_mean_and_the_terms(space):
     z = torch.randn(3, 49, 12, generator=g).transpose(1, 2) * 4  # stored (B, L, C), as the heads give them
     classifier = LinearClassifier(torch.randn(12, generator=g), torch.rand(12, generator=g) + 0.1)
     sp = get_space(space)
-    mean, terms = sp.location_statistics(z, choices.STAT_TEMPERATURES, classifier)
+    mean, terms = sp.location_statistics(z, choices.STORED_HEADS, classifier)
     s = sp.location_scores(z, classifier)
     assert torch.allclose(mean, s.mean(-1), atol=1e-6, rtol=1e-5)
-    assert torch.allclose(terms, sp.attention_terms(z, choices.STAT_TEMPERATURES, classifier), atol=0, rtol=0)
+    assert torch.allclose(terms, sp.attention_terms(z, choices.STORED_HEADS, classifier), atol=0, rtol=0)
     if space == "prob":
         assert torch.allclose(s, z.softmax(1), atol=1e-6)  # over classes
 

@@ -87,7 +87,7 @@ def test_statistics_hold_every_term():
         assert stats["prob_att"].shape == (3, 8, 1000)
         from_stats = rule.combine(stats["prob_base"], stats["prob_att"], 0.2)
         assert torch.allclose(from_stats, scorer(x), atol=1e-6)
-        heads4 = [choices.STAT_TEMPERATURES.index(t) for t in choices.HEAD_SETS[4]]
+        heads4 = [choices.STORED_HEADS.index(t) for t in choices.HEAD_SETS[4]]
         scorer4 = CSRAScorer(model, lam=0.2, heads=4, space="logit")
         assert torch.allclose(rule.combine(stats["logit_base"], stats["logit_att"][:, heads4], 0.2), scorer4(x),
                               atol=1e-5)

@@ -57,9 +57,9 @@ def command(card, model, weights, rule, img_size, full_frame, output, check_imag
         result = export.export_card(card, output, images=check_images, onnx=onnx, **weights)
     else:
         from ..cards import Rule
-        from ..choices import resolve_temperatures
+        from ..choices import resolve_heads
 
-        chosen = Rule("csra", rule["space"], resolve_temperatures(rule["heads"]), rule["lam"])
+        chosen = Rule("csra", rule["space"], resolve_heads(rule["heads"]), rule["lam"])
         result = export.export_model(output, chosen, model, img_size=img_size, images=check_images, onnx=onnx,
                                      full_frame=full_frame, **weights)
     from ..cards import Preprocessing
