@@ -1,0 +1,42 @@
+"""benchmarks/compare_results.py: published results compared without their run-time columns."""
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_results.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("compare_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _folder(path, mAP, seconds, md="| table |\n"):
+    path.mkdir()
+    pd.DataFrame({"model": ["a", "b"], "mAP": mAP, "note": [None, "x"], "seconds": seconds,
+                  "cached": [True, False]}).to_csv(path / "published.csv", index=False)
+    (path / "published.md").write_text(md)
+    return path
+
+
+def test_same_results_with_other_run_times(tmp_path, capsys):
+    compare = _module()
+    a = _folder(tmp_path / "a", [70.5, 80.25], [1.0, 2.0])
+    b = _folder(tmp_path / "b", [70.5, 80.25], [9.0, 0.1])
+    assert compare.main([str(a), str(b)]) == 0
+    assert "published.csv: same" in capsys.readouterr().out
+
+
+def test_a_changed_number_or_file_is_reported(tmp_path, capsys):
+    compare = _module()
+    a = _folder(tmp_path / "a", [70.5, 80.25], [1.0, 2.0])
+    b = _folder(tmp_path / "b", [70.5, 80.0], [1.0, 2.0], md="| other |\n")
+    assert compare.main([str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "mAP: 1 of 2 rows differ, largest change 0.25" in out and "published.md: contents differ" in out
+    (b / "published.md").unlink()
+    assert compare.main([str(a), str(b)]) == 1
+    assert "published.md: missing" in capsys.readouterr().out
