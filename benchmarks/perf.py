@@ -771,12 +771,20 @@ def _memory_run(passes: StatsPass, log) -> dict:
         marks[share] = next(((done, rss) for done, rss, _ in samples if done >= target), samples[-1][:2])
     start_rss, end_rss = marks[0.25][1], marks[1.0][1]
     growth = None if start_rss is None or end_rss is None else end_rss - start_rss
+    # flat in the number of images: the highest RSS after any batch of the second half is no higher (within
+    # FLAT_MB) than the highest of the first half, when the allocator has warmed up (two single samples, such
+    # as 25 % and 100 %, also see where in its cycle of freeing and reusing batch buffers the heap happens to be)
+    first = [rss for done, rss, _ in samples if done <= n / 2 and rss is not None]
+    second = [rss for done, rss, _ in samples if done > n / 2 and rss is not None]
+    halves = (max(first), max(second)) if first and second else None
     result = {"n_images": n, "wall": wall, "cpu": cpu, "decode_cpu": decode_cpu, "breakdown": breakdown,
-              "chunks": run.chunks_computed, "marks": marks, "growth_mb": growth,
+              "chunks": run.chunks_computed, "marks": marks, "growth_mb": growth, "halves_mb": halves,
               "peak_mb": peak.peak_mb, "workers_maxrss_mb": _maxrss_mb(resource.RUSAGE_CHILDREN),
-              "flat": growth is not None and growth <= FLAT_MB}
+              "flat": halves is not None and halves[1] - halves[0] <= FLAT_MB}
     log(f"(d) memory run: {n} images in {wall:.0f}s ({n / wall:.2f} img/s); RSS {marks[0.25][1]:,.0f} MiB at 25% → "
-        f"{end_rss:,.0f} MiB at 100% ({'flat' if result['flat'] else 'GROWING'}); peak {peak.peak_mb:,.0f} MiB")
+        f"{end_rss:,.0f} MiB at 100%; highest in the first / second half "
+        f"{'n/a' if halves is None else f'{halves[0]:,.0f} / {halves[1]:,.0f}'} MiB "
+        f"({'flat' if result['flat'] else 'GROWING'}); peak {peak.peak_mb:,.0f} MiB")
     return result
 
 
@@ -1028,16 +1036,24 @@ def _render_d(args, d, cuda: bool) -> List[str]:
                   f"| {m['decode_cpu']:.1f} | | {1000 * m['decode_cpu'] / n:.1f} |",
                   f"| this process's CPU time (all threads) | {m['cpu']:.1f} | | {1000 * m['cpu'] / n:.1f} |", "",
                   "Resident memory of this process as the images go by (after the batch that reaches each "
-                  "share); flat means at most "
-                  f"{FLAT_MB:.0f} MiB more at the end than after the first quarter (one chunk at a time is kept).", "",
+                  "share). Flat in the number of images means: the highest RSS after any batch of the second "
+                  f"half is at most {FLAT_MB:.0f} MiB above the highest of the first half (one chunk at a time "
+                  "is kept; a streamed pass hands freed heap memory back to the OS after every chunk, "
+                  "`runtime.release_host_memory`).", "",
                   "| images done | " + " | ".join(f"{int(share * 100)} %" for share in m["marks"]) + " |",
                   "|---|" + "---:|" * len(m["marks"]),
                   "| RSS MiB | " + " | ".join(_fmt_mb(rss) for _, rss in m["marks"].values()) + " |", "",
-                  f"From 25 % to 100 % of the images: {m['growth_mb']:+,.0f} MiB — "
-                  f"**{'flat' if m['flat'] else 'GROWING'}**. Peak ({'CUDA allocated' if cuda else 'sampled RSS'}): "
+                  f"From 25 % to 100 % of the images: {m['growth_mb']:+,.0f} MiB. Highest after a batch, first "
+                  f"half / second half: {_halves(m['halves_mb'])} — **{'flat' if m['flat'] else 'GROWING'}**. Peak ({'CUDA allocated' if cuda else 'sampled RSS'}): "
                   f"{_fmt_mb(m['peak_mb'])} MiB; largest DataLoader worker (ru_maxrss of children): "
                   f"{_fmt_mb(m['workers_maxrss_mb'])} MiB."]
     return lines
+
+
+def _halves(halves) -> str:
+    if halves is None:
+        return "n/a"
+    return f"{_fmt_mb(halves[0])} / {_fmt_mb(halves[1])} MiB ({halves[1] - halves[0]:+,.0f} MiB)"
 
 
 def print_tables(results, log) -> None:
