@@ -80,8 +80,8 @@ def release_host_memory() -> None:
     """Hand the heap's free memory back to the operating system (glibc ``malloc_trim(0)``; a no-op elsewhere).
 
     A statistics pass frees tens of MiB of batch buffers after every batch; glibc keeps freed blocks below its
-    (self-raising) mmap threshold in the heap, where they fragment and resident memory creeps up with the
-    number of images. Called once per finished chunk, it costs about a millisecond."""
+    (self-raising) mmap threshold in the heap, where they can fragment and hold resident memory. A streamed
+    statistics pass calls it once per finished chunk (every 128 images by default)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
