@@ -50,7 +50,13 @@ class Method:
         return True
 
     def scores(self, scorer, out, space, lam: float) -> "Tensor":
-        """(B, C) scores in ``space`` (a ``spaces.ScoreSpace``) from a ``forward_locations`` output."""
+        """(B, C) scores in ``space`` (a ``spaces.ScoreSpace``) from a ``forward_locations`` output: by default
+        the space's base of ``logits``."""
+        return space.base(at_least_fp32(self.logits(scorer, out)))
+
+    def logits(self, scorer, out) -> "Tensor":
+        """(B, C) logits of the method, for methods with ``own_statistic`` (computed once per pass, then turned
+        into every space's scores)."""
         raise NotImplementedError
 
     def stat_key(self, space: str) -> str:
@@ -90,7 +96,7 @@ class CsraMethod(Method):
         return rule.combine(base, terms, lam)
 
     def stat_key(self, space):
-        raise TypeError("csra's statistics are {space}_base and {space}_att, combined per λ by evaluation")
+        raise TypeError(f"csra's statistics are {space}_base and {space}_att, combined per λ by evaluation")
 
 
 class BaselineMethod(Method):
@@ -104,8 +110,8 @@ class BaselineMethod(Method):
     def unavailable(self, scorer):
         return self.baseline.unavailable(scorer)
 
-    def scores(self, scorer, out, space, lam):
-        return space.base(at_least_fp32(self.baseline.logits(scorer, out)))
+    def logits(self, scorer, out):
+        return self.baseline.logits(scorer, out)
 
     def stat_key(self, space):
         return f"{space}@{self.name}"

@@ -214,13 +214,12 @@ class CSRAScorer(nn.Module):
         """
         out = self.forward_locations(x)
         logits, z = out.logits.float(), out.location_logits.float()
-        own = [m for m in METHODS.values() if m.own_statistic]
+        own = {m: m.logits(self, out).float() if self._baseline_notes[m.name] is None
+               else torch.full_like(logits, float("nan")) for m in METHODS.values() if m.own_statistic}
         stats = {"logits": logits}
         for name, space in SPACES.items():
             stats[f"{name}_base"] = space.base(logits)
             stats[f"{name}_mean"], stats[f"{name}_att"] = space.location_statistics(z, heads, self.classifier)
-            for method in own:
-                applies = self._baseline_notes[method.name] is None
-                stats[method.stat_key(name)] = (method.scores(self, out, space, 0.0).float() if applies
-                                                else torch.full_like(logits, float("nan")))
+            for method, values in own.items():  # each method's logits once per pass, then in every space
+                stats[method.stat_key(name)] = space.base(values)
         return {k: v.cpu() for k, v in stats.items()}

@@ -21,8 +21,8 @@ class MeanOfLocations(Method):
     name = "location-mean"
     own_statistic = True
 
-    def scores(self, scorer, out, space, lam):
-        return space.base(out.location_logits.float().mean(-1))
+    def logits(self, scorer, out):
+        return out.location_logits.float().mean(-1)
 
     def stat_key(self, space):
         return f"{space}@{self.name}"
