@@ -59,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from posthoc_csra import attention  # noqa: E402
 from posthoc_csra import heads as _heads  # noqa: E402
 from posthoc_csra.errors import InputError  # noqa: E402
 from posthoc_csra.paths import shared_dir  # noqa: E402
@@ -920,8 +921,9 @@ def render(args, info, results, notes, started, elapsed) -> str:
         lines += ["", "Hot path check: calls made by one scorer forward (`sys.setprofile`) at two batch sizes: "
                       "Python function calls, and calls of C functions from Python (tensor operations). Equal Python "
                       "counts mean no per-image Python loop; on the CPU the probability-space rule works through "
-                      "cache-sized blocks of about 128K (image, class, location) values, so its tensor calls grow "
-                      "with B·C·L (not with a Python function per image).", "",
+                      f"cache-sized blocks of whole images (about {attention.BLOCK_ELEMENTS // 1024}K (image, class, "
+                      "location) values, at least one image), so its tensor calls grow with B·C·L (not with a "
+                      "Python function per image).", "",
                       "| model | features | exact mean | config | Python calls (batch sizes) | tensor calls "
                       "(batch sizes) | per-image Python loop |",
                       "|---|---|---|---|---|---|---|"]

@@ -19,13 +19,9 @@ Kinds: ``SoftmaxHead(T)`` = Σ_k s_k·softmax(T·s)_k (the paper's head at tempe
 How ``SoftmaxHead.terms`` computes — the formula's numbers up to float rounding (tests/test_rule.py,
 tests/test_paper_rule.py), never a (B, C, L) tensor per temperature streamed through memory:
 
-* probabilities (``bounded``: every s in [0, 1]) on the CPU: ``softmax(T·s) ∝ exp(s)^T``, so one
-  ``exp`` serves the paper's integer temperatures as successive products (``e^T ≤ e^8``: no
-  overflow, no underflow), in blocks of about ``BLOCK_ELEMENTS`` values that stay in the CPU cache;
-* any other scores on the CPU: attention with one query per temperature, query T, keys = values =
-  ``s_k`` (head dimension 1, scale 1): ``softmax(q·kᵀ)·v = Σ_k s_k · softmax(T·s)_k``, one fused
-  ``scaled_dot_product_attention`` call (PyTorch's flash kernel: the weights of every temperature
-  are made and summed block by block);
+* on the CPU: every temperature of a block of images at once (``_exp_terms``): weights
+  ``exp(T·(s_k − max_l s_l))`` (probabilities, ``bounded`` in [0, 1], need no max), their sums and
+  weighted sums over L, in blocks that stay in the CPU caches, a few tensor operations per block;
 * on other devices and while compiling or exporting: the formula itself.
 
 Every path treats each (image, class) row on its own: a row's terms do not depend on the other
@@ -46,10 +42,10 @@ from .errors import InputError
 if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
     from torch import Tensor
 
-#: Values per block of the power path (512 KiB of fp32 per intermediate: in the CPU cache).
-BLOCK_ELEMENTS = 1 << 17
-#: The largest temperature the power path reaches by products (exp(s)^T ≤ e^8 for s in [0, 1]).
-MAX_POWER = 8
+#: (temperature, image, class, location) values per block of the CPU path (1 MiB of fp32: in the CPU caches).
+BLOCK_ELEMENTS = 1 << 18
+#: The smallest exponent of a CPU-path weight: e^-87 is a normal fp32 number (``_exp_terms``).
+MIN_EXPONENT = -87.0
 
 
 class AttentionHead:
@@ -189,9 +185,7 @@ class SoftmaxHead(AttentionHead):
         temperatures = [h.temperature for h in heads]
         if s.device.type != "cpu" or torch.compiler.is_compiling() or (torch.is_grad_enabled() and s.requires_grad):
             return _formula_terms(s, temperatures, scale)  # (the CPU paths write in place: no autograd)
-        if bounded and scale is None and all(t.is_integer() and 1 <= t <= MAX_POWER for t in temperatures):
-            return _power_terms(s, temperatures)
-        return _fused_terms(s, temperatures, scale)
+        return _exp_terms(s, temperatures, scale, bounded)
 
     def weights(self, s):
         import torch
@@ -257,48 +251,55 @@ def _formula_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["
     return [(s * torch.softmax(s * (t * scale).view(1, -1, 1), dim=-1)).sum(dim=-1) for t in temperatures]
 
 
-def _fused_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tensor"]) -> List["Tensor"]:
-    """The same as ``_formula_terms``, as one attention call: queries T (B, C, F, 1), keys = values = s."""
-    import torch
-    import torch.nn.functional as F
+def _exp_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tensor"],
+               bounded: bool) -> List["Tensor"]:
+    """The same on the CPU: every temperature of a block at once, weights ``exp(T·(s_k − max_l s_l))``.
 
-    b, c, _ = s.shape
-    queries = torch.tensor([float(t) for t in temperatures], dtype=s.dtype, device=s.device).view(1, 1, -1, 1)
-    if scale is not None:
-        queries = queries * scale.to(s.dtype).view(1, -1, 1, 1)
-    keys = s.unsqueeze(-1)
-    with torch.autocast(s.device.type, enabled=False):  # the rule runs in the scores' own dtype (fp32)
-        out = F.scaled_dot_product_attention(queries.expand(b, c, -1, 1), keys, keys, scale=1.0)  # (B, C, F, 1)
-    return list(out[..., 0].unbind(dim=-1))
-
-
-def _power_terms(s: "Tensor", temperatures: Sequence[float]) -> List["Tensor"]:
-    """The same for s in [0, 1] and integer temperatures 1..MAX_POWER: weights exp(s)^T, by products.
-
-    ``softmax(T·s)_k = e_k^T / Σ_l e_l^T`` with ``e = exp(s)`` in [1, e]: no max to subtract. Blocks of
-    whole images (or, when one image is larger than a block, of classes of one image) of about
-    ``BLOCK_ELEMENTS`` values, so that the powers and products of every temperature stay in the cache.
+    Blocks of about ``BLOCK_ELEMENTS`` (temperature, image, class, location) values — whole images, or
+    classes of one image when an image alone is larger — written in (B', C', L) order, so that every sum over
+    L is a row's own (the same bits in any batch, block or set of temperatures), into two buffers that stay
+    in the CPU caches; a few tensor operations per block serve every temperature. An exponent below
+    ``MIN_EXPONENT`` is raised to it: the weight stays a normal float (a subnormal one costs the CPU many
+    times more) and, below 2⁻¹²⁵ of the largest weight (1), changes no sum. ``bounded`` scores (in [0, 1])
+    at temperatures up to ``-MIN_EXPONENT`` need no max: ``exp(T·s) ≤ e^87``.
     """
     import torch
 
     temperatures = [float(t) for t in temperatures]
-    b, c, l = s.shape
-    order = sorted(set(temperatures))
-    out = s.new_empty((len(order), b, c))
-    images = max(1, BLOCK_ELEMENTS // max(1, c * l))
-    classes = c if images > 1 or c * l <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, l))
+    f, (b, c, l) = len(temperatures), s.shape
+    shift = not (bounded and scale is None and max(temperatures) <= -MIN_EXPONENT)
+    temps = torch.tensor(temperatures, dtype=s.dtype).view(f, 1, 1, 1)  # against (F, B', C', L)
+    scale = None if scale is None else scale.to(s.dtype)
+    out = s.new_empty((f, b, c))
+    per_image = f * c * l
+    images = max(1, BLOCK_ELEMENTS // per_image)
+    classes = c if per_image <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // (f * l))
+    # two buffers for every block (fresh ones per block cost more than the arithmetic)
+    weights_buffer = s.new_empty(f * min(b, images) * min(c, classes) * l)
+    scores_buffer = s.new_empty(min(b, images) * min(c, classes) * l)
     for i in range(0, b, images):
         for j in range(0, c, classes):
-            block = s[i:i + images, j:j + classes]
-            e = block.exp()
-            power, k = None, 0
-            for n, t in enumerate(order):
-                while k < t:
-                    power = e.clone() if power is None else power.mul_(e)
-                    k += 1
-                torch.div(torch.linalg.vecdot(power, block), power.sum(dim=-1), out=out[n, i:i + images, j:j + classes])
-    by_t = dict(zip(order, out.unbind(0)))
-    return [by_t[t] for t in temperatures]
+            block = s[i:i + images, j:j + classes]  # (B', C', L), any strides
+            d = scores_buffer[:block.numel()].view(block.shape)  # (B', C', L) in this order: a row's own sums
+            d.copy_(block)
+            if shift:
+                top = d.amax(-1, keepdim=True)
+                d.sub_(top)
+            if scale is not None:  # x = scale_c·(s − max s): the terms are att_T(x)/scale_c (+ max s)
+                d.mul_(scale[j:j + classes].view(1, -1, 1))
+            w = weights_buffer[:f * block.numel()].view((f,) + block.shape)  # (F, B', C', L)
+            torch.mul(d, temps, out=w)  # T·x
+            if shift:
+                w.clamp_min_(MIN_EXPONENT)
+            w.exp_()
+            terms = w.sum(-1)  # the denominators Σ_k w_k, (F, B', C')
+            terms = torch.div(w.mul_(d).sum(-1), terms, out=terms)
+            if scale is not None:
+                terms /= scale[j:j + classes]
+            if shift:
+                terms += top.squeeze(-1)
+            out[:, i:i + images, j:j + classes] = terms
+    return list(out.unbind(0))
 
 
 # ---------------------------------------------------------------- the registry
@@ -415,4 +416,4 @@ def head_terms(s: "Tensor", heads: Sequence, scale: Optional["Tensor"] = None, b
 
 
 __all__ = ["AttentionHead", "SoftmaxHead", "MaxHead", "TopKHead", "MAX", "HEAD_KINDS", "register", "parse_head",
-           "head_syntax_help", "stored_heads", "head_terms", "BLOCK_ELEMENTS", "MAX_POWER"]
+           "head_syntax_help", "stored_heads", "head_terms", "BLOCK_ELEMENTS", "MIN_EXPONENT"]

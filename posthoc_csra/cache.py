@@ -47,8 +47,10 @@ from .spaces import SPACES
 log = logging.getLogger("posthoc_csra")
 
 #: 2: logit-space attention terms in the model's logit units (the paper's rule, ‖w_c‖·att_T(ŝ)), and the
-#: pooling baselines. Part of the key: statistics written by another format are never reused.
-CACHE_FORMAT = 2
+#: pooling baselines. 3: the terms of the CPU path that computes every temperature of a block at once
+#: (``attention._exp_terms``: the same numbers up to float rounding). Part of the key: statistics written by
+#: another format are never reused.
+CACHE_FORMAT = 3
 DEFAULT_CHUNK_SIZE = 128
 #: Arrays stored per chunk, from the registered spaces: ``{space}_base`` unless the space's base is the
 #: logits (``ScoreSpace.base_is_logits``: ``logit_base`` is ``logits`` and is not stored twice), its

@@ -154,14 +154,25 @@ def test_every_path_is_the_formula_up_to_rounding(kind):
     s = _scores(kind)
     expected = _formula64(s, TEMPS)
     tol = 1e-6 * float(s.abs().max())
-    fast = rule.attention_terms(s, TEMPS, bounded=kind == "prob")  # CPU: powers (prob) / fused attention
+    fast = rule.attention_terms(s, TEMPS, bounded=kind == "prob")  # the CPU path
     assert fast.dtype == torch.float32 and fast.shape == (3, len(TEMPS), 40)
     assert (fast.double() - expected).abs().max() <= tol
     formula = torch.stack(attention._formula_terms(s, TEMPS[:7], None), 1)  # what a GPU or an export runs
     assert (formula.double() - expected[:, :7]).abs().max() <= tol
-    powers = torch.stack(attention._power_terms(_scores("prob"), choices.HEAD_SETS[8][:7]), 1)
-    assert (powers.double() - _formula64(_scores("prob"), choices.HEAD_SETS[8][:7])).abs().max() <= 1e-6
+    for layout in (s, s.contiguous()):  # stored (B, L, C) and viewed (B, C, L), or stored (B, C, L)
+        for bounded in {False, kind == "prob"}:  # probabilities with and without the max subtracted
+            terms = torch.stack(attention._exp_terms(layout, TEMPS[:7], None, bounded), 1)
+            assert (terms.double() - expected[:, :7]).abs().max() <= tol, (layout.stride(), bounded)
     assert torch.equal(rule.attention_terms(s, (math.inf,))[:, 0], s.amax(-1))  # the max is exact
+
+
+def test_far_locations_weigh_nothing_and_stay_normal_floats():
+    """Logits 40 apart at T = 7: the far weights (e^-280) are raised to e^-87, a normal float, and the term is
+    still the nearest location's up to rounding."""
+    s = torch.tensor([[[10.0, -30.0, -29.0, 9.0]]])
+    terms = attention._exp_terms(s, [7.0], None, bounded=False)[0]
+    assert terms.item() == pytest.approx(_formula64(s, [7.0]).item(), rel=1e-7)
+    assert torch.exp(torch.tensor(attention.MIN_EXPONENT)) >= torch.finfo(torch.float32).tiny
 
 
 def test_per_class_temperature_scale():
@@ -181,7 +192,8 @@ def test_a_rows_terms_do_not_depend_on_the_batch_or_the_block_size(kind, monkeyp
     assert torch.equal(full[2:5], rule.attention_terms(s[2:5], TEMPS, bounded=bounded))
     assert torch.equal(full[4:5], rule.attention_terms(s[4:5], TEMPS, bounded=bounded))
     assert torch.equal(full[:, :, 7:30], rule.attention_terms(s[:, 7:30], TEMPS, bounded=bounded))
-    for block in (49 * 50 * 2, 49 * 50, 49 * 7, 1):  # blocks of images, of classes, of one class
+    per_image = len(TEMPS) * 50 * 49  # (temperature, class, location) values of one image
+    for block in (per_image * 4, per_image, per_image - 1, 1):  # blocks of images, of classes, of one class
         monkeypatch.setattr(attention, "BLOCK_ELEMENTS", block)
         assert torch.equal(full, rule.attention_terms(s, TEMPS, bounded=bounded)), block
 
