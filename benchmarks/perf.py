@@ -73,6 +73,8 @@ END_TO_END_GOAL = 0.95
 PIPELINE_MODEL = "tf_efficientnet_lite0"
 HEAD_COUNTS = (1, 2, 4, 8)
 SCORER_CONFIGS = tuple((f"heads={h}, {space}", h, space) for h in HEAD_COUNTS for space in ("logit", "prob"))
+#: Section (a)'s name for the per-location logits + grid timed alone (the parts without the rule).
+HEAD_PART = "per-location head"
 #: The configurations whose Python calls are counted (the cheapest and the most work).
 CALL_CONFIGS = ("heads=1, logit", "heads=8, prob")
 LAM = 0.1
@@ -336,17 +338,21 @@ def bench_overhead(name: str, args, runtime: Runtime, deadline: Optional[float] 
                 fn()
         times = _interleaved(fns, args.reps, device, peaks, deadline, min(args.min_reps, args.reps))
 
-        # The extra work alone, on fixed features: per-location logits + grid + the rule.
+        # The extra work alone, on fixed features: per-location logits + grid + the rule; and the per-location
+        # logits + grid alone (the same for every configuration), so the rule's share is their difference.
         features = model.forward_features(x)
         logits = model.forward_head(features)
 
-        def extra(scorer):
-            loc = _heads.per_location_logits(model, scorer.layout, features)
-            grid = scorer.layout.grid(features, model, tuple(x.shape[-2:]))
-            return scorer.score_output(LocationOutput(logits, loc, grid))
+        def locations(scorer):
+            return (_heads.per_location_logits(model, scorer.layout, features),
+                    scorer.layout.grid(features, model, tuple(x.shape[-2:])))
 
-        parts = _interleaved({label: (lambda s=s: extra(s)) for label, s in scorers.items()},
-                             max(args.reps, 15), device)
+        def extra(scorer):
+            return scorer.score_output(LocationOutput(logits, *locations(scorer)))
+
+        part_fns = {HEAD_PART: lambda: locations(first)}
+        part_fns.update({label: (lambda s=s: extra(s)) for label, s in scorers.items()})
+        parts = _interleaved(part_fns, max(args.reps, 15), device)
 
     plain_wall = statistics.median(times["plain"]["wall"])
     goal = GOALS.get(name)
@@ -356,6 +362,7 @@ def bench_overhead(name: str, args, runtime: Runtime, deadline: Optional[float] 
         cpu_ratio, _ = _paired_ratio(times[label]["cpu"], times["plain"]["cpu"])
         extra_s = statistics.median(parts[label]["wall"])
         parts_ratio = 1 + extra_s / plain_wall
+        rule_s = statistics.median(e - h for e, h in zip(parts[label]["wall"], parts[HEAD_PART]["wall"]))
         rows.append({
             "config": label,
             "plain_s": plain_wall,
@@ -364,6 +371,8 @@ def bench_overhead(name: str, args, runtime: Runtime, deadline: Optional[float] 
             "cpu_ratio": cpu_ratio,
             "min_ratio": min(times[label]["wall"]) / min(times["plain"]["wall"]),
             "extra_s": extra_s,
+            "head_s": statistics.median(parts[HEAD_PART]["wall"]),
+            "rule_s": rule_s,
             "parts_ratio": parts_ratio,
             "flop_ratio": scorer_flops[label] / plain_flops,
             "verdict": _verdict(ratio, goal, q1, q3, "max"),
@@ -886,20 +895,23 @@ def render(args, info, results, notes, started, elapsed) -> str:
                   "**min ratio**: fastest scorer call / fastest plain call.",
                   "- **parts**: 1 + (the extra work alone — per-location head, grid, rule — timed on fixed "
                   "features, median of at least 15 calls) / median plain time. Scorer − plain is exactly that "
-                  "extra work, so this is the same ratio measured without subtracting two large noisy times.",
+                  "extra work, so this is the same ratio measured without subtracting two large noisy times. "
+                  "**head / rule ms**: where the parts go, per batch: the per-location logits and grid timed "
+                  "alone in the same repetitions (the same work for every configuration), and the median of the "
+                  "parts minus that in each repetition (the rule: base, attention terms of every head, λ).",
                   "- **floor**: 1 + L·d·C / MACs(model): the one extra (L × d)·(d × C) product per image; "
                   "model MACs from `torch.utils.flop_counter.FlopCounterMode` on one forward. "
-                  "**FLOP ratio**: counted FLOPs of the scorer forward / the plain forward (the rule's softmax and "
-                  "reductions are not counted; the fused attention of the finite temperatures is). (A time ratio "
+                  "**FLOP ratio**: counted FLOPs of the scorer forward / the plain forward (matrix products only: the "
+                  "rule's element-wise work and reductions are not counted). (A time ratio "
                   "can be below the MAC floor when the model's own layers run less efficiently than one large GEMM.)",
                   "- **direct** / **by parts**: the goal checked on the ratio / on parts; \"(within noise)\" "
                   "when the goal lies inside the ratio's quartiles.",
                   f"- **memory**: {mem_what} during the timed calls, MiB, and in brackets its largest "
                   "rise above the memory in use when a call started (the call's working memory); plain first.", "",
                   "| model | L | d | C | GMACs/img | reps | config | plain s | scorer s | ratio [q1–q3] "
-                  "| CPU ratio | min ratio | parts | floor | FLOP ratio | goal | direct | by parts "
+                  "| CPU ratio | min ratio | parts | head / rule ms | floor | FLOP ratio | goal | direct | by parts "
                   "| memory plain / scorer |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
         for r in results["a"]:
             for i, row in enumerate(r["rows"]):
                 first = i == 0
@@ -909,7 +921,8 @@ def render(args, info, results, notes, started, elapsed) -> str:
                 lines.append(
                     f"{head}| {row['config']} | {row['plain_s']:.3f} | {row['scorer_s']:.3f} "
                     f"| {row['ratio']:.3f} [{row['q1']:.3f}–{row['q3']:.3f}] | {row['cpu_ratio']:.3f} "
-                    f"| {row['min_ratio']:.3f} | {row['parts_ratio']:.3f} | {r['floor']:.3f} "
+                    f"| {row['min_ratio']:.3f} | {row['parts_ratio']:.3f} "
+                    f"| {1000 * row['head_s']:.1f} / {1000 * row['rule_s']:.1f} | {r['floor']:.3f} "
                     f"| {row['flop_ratio']:.3f} | {goal} | {_bold(row['verdict'])} | {_bold(row['parts_verdict'])} "
                     f"| {_fmt_mb(row['peak_plain_mb'])} (+{_fmt_mb(row['growth_plain_mb'])}) / "
                     f"{_fmt_mb(row['peak_scorer_mb'])} (+{_fmt_mb(row['growth_scorer_mb'])}) |")
