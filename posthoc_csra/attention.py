@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
 BLOCK_ELEMENTS = 1 << 18
 #: The smallest exponent of a CPU-path weight: e^-87 is a normal fp32 number (``_exp_terms``).
 MIN_EXPONENT = -87.0
+#: The highest temperature at which scores in [0, 1] are weighted without subtracting their max (``_exp_terms``).
+MAX_UNSHIFTED = 64.0
 
 
 class AttentionHead:
@@ -261,13 +263,14 @@ def _exp_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tens
     in the CPU caches; a few tensor operations per block serve every temperature. An exponent below
     ``MIN_EXPONENT`` is raised to it: the weight stays a normal float (a subnormal one costs the CPU many
     times more) and, below 2⁻¹²⁵ of the largest weight (1), changes no sum. ``bounded`` scores (in [0, 1])
-    at temperatures up to ``-MIN_EXPONENT`` need no max: ``exp(T·s) ≤ e^87``.
+    at temperatures up to ``MAX_UNSHIFTED`` need no max: ``exp(T·s) ≤ e^64``, and sums of up to e^24 of them
+    stay finite.
     """
     import torch
 
     temperatures = [float(t) for t in temperatures]
     f, (b, c, l) = len(temperatures), s.shape
-    shift = not (bounded and scale is None and max(temperatures) <= -MIN_EXPONENT)
+    shift = not (bounded and scale is None and max(temperatures) <= MAX_UNSHIFTED)
     temps = torch.tensor(temperatures, dtype=s.dtype).view(f, 1, 1, 1)  # against (F, B', C', L)
     scale = None if scale is None else scale.to(s.dtype)
     out = s.new_empty((f, b, c))
@@ -416,4 +419,4 @@ def head_terms(s: "Tensor", heads: Sequence, scale: Optional["Tensor"] = None, b
 
 
 __all__ = ["AttentionHead", "SoftmaxHead", "MaxHead", "TopKHead", "MAX", "HEAD_KINDS", "register", "parse_head",
-           "head_syntax_help", "stored_heads", "head_terms", "BLOCK_ELEMENTS", "MIN_EXPONENT"]
+           "head_syntax_help", "stored_heads", "head_terms", "BLOCK_ELEMENTS", "MIN_EXPONENT", "MAX_UNSHIFTED"]

@@ -175,6 +175,16 @@ def test_far_locations_weigh_nothing_and_stay_normal_floats():
     assert torch.exp(torch.tensor(attention.MIN_EXPONENT)) >= torch.finfo(torch.float32).tiny
 
 
+def test_probabilities_at_a_high_temperature_stay_finite():
+    """Unshifted weights exp(T·s) of probabilities near 1 overflow a sum of 300 at T = 87; above
+    MAX_UNSHIFTED the max is subtracted as for any scores."""
+    s = torch.full((1, 2, 300), 0.999)
+    s[0, :, 0] = 1.0
+    for t in (attention.MAX_UNSHIFTED, 87.0, 500.0):
+        terms = attention._exp_terms(s, [t], None, bounded=True)[0]
+        assert torch.isfinite(terms).all() and terms.double().sub(_formula64(s, [t])[:, 0]).abs().max() <= 1e-6, t
+
+
 def test_per_class_temperature_scale():
     s, scale = _scores("logit"), torch.rand(40, generator=torch.Generator().manual_seed(1)) + 0.05
     terms = rule.attention_terms(s, choices.HEAD_SETS[8], scale=scale)
