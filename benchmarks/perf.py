@@ -933,10 +933,10 @@ def render(args, info, results, notes, started, elapsed) -> str:
                           f"configurations directly, **{sum(v == 'PASS' for v in parts)} of {len(parts)}** by parts."]
         lines += ["", "Hot path check: calls made by one scorer forward (`sys.setprofile`) at two batch sizes: "
                       "Python function calls, and calls of C functions from Python (tensor operations). Equal Python "
-                      "counts mean no per-image Python loop; on the CPU the probability-space rule works through "
-                      f"cache-sized blocks of whole images (about {attention.BLOCK_ELEMENTS // 1024}K (image, class, "
-                      "location) values, at least one image), so its tensor calls grow with B·C·L (not with a "
-                      "Python function per image).", "",
+                      "counts mean no per-image Python loop; on the CPU the rule's attention terms work through "
+                      f"cache-sized blocks (about {attention.BLOCK_ELEMENTS // 1024}K (temperature, image, class, "
+                      "location) values: whole images, or classes of one image), so its tensor calls grow with "
+                      "B·C·L (not with a Python function per image).", "",
                       "| model | features | exact mean | config | Python calls (batch sizes) | tensor calls "
                       "(batch sizes) | per-image Python loop |",
                       "|---|---|---|---|---|---|---|"]
