@@ -274,9 +274,9 @@ def _exp_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tens
     temps = torch.tensor(temperatures, dtype=s.dtype).view(f, 1, 1, 1)  # against (F, B', C', L)
     scale = None if scale is None else scale.to(s.dtype)
     out = s.new_empty((f, b, c))
-    per_image = f * c * l
+    per_image = max(1, f * c * l)
     images = max(1, BLOCK_ELEMENTS // per_image)
-    classes = c if per_image <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // (f * l))
+    classes = c if per_image <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, f * l))
     # two buffers for every block (fresh ones per block cost more than the arithmetic)
     weights_buffer = s.new_empty(f * min(b, images) * min(c, classes) * l)
     scores_buffer = s.new_empty(min(b, images) * min(c, classes) * l)
