@@ -42,8 +42,8 @@ from .errors import InputError
 if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
     from torch import Tensor
 
-#: (temperature, image, class, location) values per block of the CPU path (1 MiB of fp32: in the CPU caches).
-BLOCK_ELEMENTS = 1 << 18
+#: (temperature, image, class, location) values per block of the CPU path (2 MiB of fp32: in the CPU caches).
+BLOCK_ELEMENTS = 1 << 19
 #: The smallest exponent of a CPU-path weight: e^-87 is a normal fp32 number (``_exp_terms``).
 MIN_EXPONENT = -87.0
 #: The highest temperature at which scores in [0, 1] are weighted without subtracting their max (``_exp_terms``).
@@ -78,12 +78,13 @@ class AttentionHead:
 
     @classmethod
     def terms(cls, s: "Tensor", heads: Sequence["AttentionHead"], scale: Optional["Tensor"] = None,
-              bounded: bool = False) -> List["Tensor"]:
+              bounded: bool = False, maxima: Optional["Tensor"] = None) -> List["Tensor"]:
         """(B, C, L) scores → one (B, C) term per head of ``heads`` (all of this kind, distinct).
 
         ``scale``: an optional positive (C,) per-class factor of the temperature (logit space: class c's
         term at T is ``att_{T·scale_c}``); a head whose term commutes with a positive affine map of ``s``
-        (max, top-k) ignores it. ``bounded``: every s lies in [0, 1] (probabilities)."""
+        (max, top-k) ignores it. ``bounded``: every s lies in [0, 1] (probabilities). ``maxima``: the (B, C)
+        max of s over L when the caller has it (``head_terms`` shares it between the kinds that need it)."""
         raise NotImplementedError
 
     def weights(self, s: "Tensor") -> Optional["Tensor"]:
@@ -181,13 +182,13 @@ class SoftmaxHead(AttentionHead):
         return cls(value)
 
     @classmethod
-    def terms(cls, s, heads, scale=None, bounded=False):
+    def terms(cls, s, heads, scale=None, bounded=False, maxima=None):
         import torch
 
         temperatures = [h.temperature for h in heads]
         if s.device.type != "cpu" or torch.compiler.is_compiling() or (torch.is_grad_enabled() and s.requires_grad):
             return _formula_terms(s, temperatures, scale)  # (the CPU paths write in place: no autograd)
-        return _exp_terms(s, temperatures, scale, bounded)
+        return _exp_terms(s, temperatures, scale, bounded, maxima)
 
     def weights(self, s):
         import torch
@@ -238,8 +239,8 @@ class MaxHead(AttentionHead):
         return cls() if text in ("inf", "infinity", "∞", "+inf") else None
 
     @classmethod
-    def terms(cls, s, heads, scale=None, bounded=False):
-        return [s.amax(dim=-1)] * len(heads)
+    def terms(cls, s, heads, scale=None, bounded=False, maxima=None):
+        return [s.amax(dim=-1) if maxima is None else maxima] * len(heads)
 
 
 # ---------------------------------------------------------------- the softmax head's paths (module docstring)
@@ -254,54 +255,72 @@ def _formula_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["
 
 
 def _exp_terms(s: "Tensor", temperatures: Sequence[float], scale: Optional["Tensor"],
-               bounded: bool) -> List["Tensor"]:
+               bounded: bool, maxima: Optional["Tensor"] = None) -> List["Tensor"]:
     """The same on the CPU: every temperature of a block at once, weights ``exp(T·(s_k − max_l s_l))``.
 
-    Blocks of about ``BLOCK_ELEMENTS`` (temperature, image, class, location) values — whole images, or
-    classes of one image when an image alone is larger — written in (B', C', L) order, so that every sum over
-    L is a row's own (the same bits in any batch, block or set of temperatures), into two buffers that stay
-    in the CPU caches; a few tensor operations per block serve every temperature. An exponent below
+    Blocks of about ``BLOCK_ELEMENTS`` (temperature, image, class, location) values — whole images, or equal
+    parts of one image's classes when an image alone is larger — written in (B', C', L) order, so that every
+    sum over L is a row's own (the same bits in any batch, block or set of temperatures), into two buffers
+    that stay in the CPU caches; a few tensor operations per block serve every temperature, and every
+    block's views are made up front (per-call overhead is a large share of a block's time). An exponent below
     ``MIN_EXPONENT`` is raised to it: the weight stays a normal float (a subnormal one costs the CPU many
     times more) and, below 2⁻¹²⁵ of the largest weight (1), changes no sum. ``bounded`` scores (in [0, 1])
     at temperatures up to ``MAX_UNSHIFTED`` need no max: ``exp(T·s) ≤ e^64``, and sums of up to e^24 of them
-    stay finite.
+    stay finite. ``maxima``: ``s.amax(-1)`` when the caller has it.
     """
     import torch
 
+    if s.numel() == 0:
+        return _formula_terms(s, temperatures, scale)  # no locations (terms 0) or no rows
     temperatures = [float(t) for t in temperatures]
     f, (b, c, l) = len(temperatures), s.shape
     shift = not (bounded and scale is None and max(temperatures) <= MAX_UNSHIFTED)
     temps = torch.tensor(temperatures, dtype=s.dtype).view(f, 1, 1, 1)  # against (F, B', C', L)
-    scale = None if scale is None else scale.to(s.dtype)
     out = s.new_empty((f, b, c))
-    per_image = max(1, f * c * l)
-    images = max(1, BLOCK_ELEMENTS // per_image)
-    classes = c if per_image <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, f * l))
-    # two buffers for every block (fresh ones per block cost more than the arithmetic)
-    weights_buffer = s.new_empty(f * min(b, images) * min(c, classes) * l)
-    scores_buffer = s.new_empty(min(b, images) * min(c, classes) * l)
-    for i in range(0, b, images):
-        for j in range(0, c, classes):
-            block = s[i:i + images, j:j + classes]  # (B', C', L), any strides
-            d = scores_buffer[:block.numel()].view(block.shape)  # (B', C', L) in this order: a row's own sums
-            d.copy_(block)
+    if f * c * l <= BLOCK_ELEMENTS:
+        images, classes = max(1, BLOCK_ELEMENTS // (f * c * l)), c
+    else:
+        images, parts = 1, -(-c // max(1, BLOCK_ELEMENTS // (f * l)))
+        classes = -(-c // parts)  # equal parts: no small last block
+
+    def tiles(x: "Tensor", class_dim: int) -> List[List["Tensor"]]:
+        """Views of x per (class block, image block); the image dimension precedes ``class_dim``."""
+        return [part.split(images, class_dim - 1) for part in x.split(classes, class_dim)]
+
+    blocks, outs = tiles(s, 1), tiles(out, 2)  # (B', C', L) and (F, B', C')
+    if shift:
+        tops = s.amax(-1) if maxima is None else maxima  # the max is exact: the same bits as a block's own
+        tops_l, tops_c = tiles(tops.unsqueeze(-1), 1), tiles(tops, 1)
+    if scale is not None:  # x = scale_c·(s − max s): the terms are att_T(x)/scale_c (+ max s)
+        scale = scale.to(s.dtype)
+        scales_l, scales_c = scale.view(1, -1, 1).split(classes, 1), scale.split(classes)
+    # two buffers for every block (fresh ones per block cost more than the arithmetic), viewed once per shape
+    values = min(b, images) * min(c, classes) * l
+    scores_buffer, weights_buffer = s.new_empty(values), s.new_empty(f * values)
+    views: Dict[tuple, Tuple["Tensor", "Tensor"]] = {}
+    for j, row in enumerate(blocks):
+        for i, block in enumerate(row):
+            if block.shape not in views:
+                views[block.shape] = (scores_buffer[:block.numel()].view(block.shape),
+                                      weights_buffer[:f * block.numel()].view((f,) + block.shape))
+            d, w = views[block.shape]  # (B', C', L) in this order: a row's own sums; (F, B', C', L)
             if shift:
-                top = d.amax(-1, keepdim=True)
-                d.sub_(top)
-            if scale is not None:  # x = scale_c·(s − max s): the terms are att_T(x)/scale_c (+ max s)
-                d.mul_(scale[j:j + classes].view(1, -1, 1))
-            w = weights_buffer[:f * block.numel()].view((f,) + block.shape)  # (F, B', C', L)
+                torch.sub(block, tops_l[j][i], out=d)
+            else:
+                d.copy_(block)
+            if scale is not None:
+                d.mul_(scales_l[j])
             torch.mul(d, temps, out=w)  # T·x
             if shift:
                 w.clamp_min_(MIN_EXPONENT)
             w.exp_()
-            terms = w.sum(-1)  # the denominators Σ_k w_k, (F, B', C')
-            terms = torch.div(w.mul_(d).sum(-1), terms, out=terms)
-            if scale is not None:
-                terms /= scale[j:j + classes]
-            if shift:
-                terms += top.squeeze(-1)
-            out[:, i:i + images, j:j + classes] = terms
+            terms = outs[j][i]
+            denominators = w.sum(-1)  # Σ_k w_k, (F, B', C')
+            torch.div(w.mul_(d).sum(-1), denominators, out=terms)
+            if scale is not None:  # (a scale implies a shift)
+                torch.addcdiv(tops_c[j][i], terms, scales_c[j], out=terms)  # max s + term/scale_c
+            elif shift:
+                terms += tops_c[j][i]
     return list(out.unbind(0))
 
 
@@ -366,7 +385,7 @@ class TopKHead(AttentionHead):
             raise ValueError("top<k> takes an integer k >= 1 or a fraction 0 < k < 1, e.g. top5, top0.1") from None
 
     @classmethod
-    def terms(cls, s, heads, scale=None, bounded=False):
+    def terms(cls, s, heads, scale=None, bounded=False, maxima=None):
         counts = [h.locations(s.shape[-1]) for h in heads]
         top = s.topk(max(counts), dim=-1).values  # (B, C, k) in descending order: one call for every k
         return [top[..., :k].mean(dim=-1) for k in counts]
@@ -412,9 +431,11 @@ def head_terms(s: "Tensor", heads: Sequence, scale: Optional["Tensor"] = None, b
     groups: Dict[type, list] = {}
     for head in dict.fromkeys(heads):
         groups.setdefault(type(head), []).append(head)
+    # the max over L once: the max head's term, and the shift of the softmax head's CPU path
+    maxima = s.amax(dim=-1) if MaxHead in groups and s.shape[-1] else None
     terms = {}
     for kind in sorted(groups, key=lambda k: list(HEAD_KINDS).index(k.KIND)):
-        terms.update(zip(groups[kind], kind.terms(s, groups[kind], scale, bounded)))
+        terms.update(zip(groups[kind], kind.terms(s, groups[kind], scale, bounded, maxima)))
     return torch.stack([terms[h] for h in heads], dim=1)
 
 

@@ -193,19 +193,40 @@ def test_per_class_temperature_scale():
     assert (formula - terms[:, :7]).abs().max() <= 1e-6 * float(s.abs().max())
 
 
-@pytest.mark.parametrize("kind", ["prob", "logit"])
+@pytest.mark.parametrize("kind", ["prob", "logit", "scaled logit"])
 def test_a_rows_terms_do_not_depend_on_the_batch_or_the_block_size(kind, monkeypatch):
     """Bit for bit: a chunk of a benchmark computes the same statistics in any batch, on any executor."""
-    s = _scores(kind, (6, 50, 49))
+    s = _scores(kind.split()[-1], (6, 50, 49))
     bounded = kind == "prob"
-    full = rule.attention_terms(s, TEMPS, bounded=bounded)
-    assert torch.equal(full[2:5], rule.attention_terms(s[2:5], TEMPS, bounded=bounded))
-    assert torch.equal(full[4:5], rule.attention_terms(s[4:5], TEMPS, bounded=bounded))
-    assert torch.equal(full[:, :, 7:30], rule.attention_terms(s[:, 7:30], TEMPS, bounded=bounded))
+    scale = torch.rand(50, generator=torch.Generator().manual_seed(2)) + 0.05 if kind == "scaled logit" else None
+
+    def terms(x, classes=slice(None)):
+        return rule.attention_terms(x, TEMPS, bounded=bounded, scale=None if scale is None else scale[classes])
+
+    full = terms(s)
+    assert torch.equal(full[2:5], terms(s[2:5]))
+    assert torch.equal(full[4:5], terms(s[4:5]))
+    assert torch.equal(full[:, :, 7:30], terms(s[:, 7:30], slice(7, 30)))
     per_image = len(TEMPS) * 50 * 49  # (temperature, class, location) values of one image
-    for block in (per_image * 4, per_image, per_image - 1, 1):  # blocks of images, of classes, of one class
+    # blocks of images; of classes (equal parts of 50: 25, 17, 13 classes); of one class
+    for block in (per_image * 4, per_image, per_image - 1, per_image // 3, per_image // 4, 1):
         monkeypatch.setattr(attention, "BLOCK_ELEMENTS", block)
-        assert torch.equal(full, rule.attention_terms(s, TEMPS, bounded=bounded)), block
+        assert torch.equal(full, terms(s)), block
+
+
+def test_the_max_is_computed_once_and_shared_bit_for_bit():
+    """A head set with ∞ computes the max over L once: the max head's term and the softmax path's shift."""
+    s = _scores("logit")
+    together = rule.attention_terms(s, (1.0, 2.0, math.inf))
+    assert torch.equal(together[:, 2], s.amax(-1))
+    assert torch.equal(together[:, :2], rule.attention_terms(s, (1.0, 2.0)))
+
+
+def test_no_locations_or_no_rows():
+    """Empty inputs give the formula's empty sums (0 with no locations), not a division by zero."""
+    assert torch.equal(rule.attention_terms(torch.empty(2, 3, 0), (1.0, 2.0)), torch.zeros(2, 2, 3))
+    assert rule.attention_terms(torch.empty(0, 3, 5), (1.0, 2.0)).shape == (0, 2, 3)
+    assert rule.attention_terms(torch.empty(2, 0, 5), (1.0, math.inf)).shape == (2, 2, 0)
 
 
 def test_terms_stay_fp32_under_autocast():
