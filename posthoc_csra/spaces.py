@@ -21,6 +21,24 @@ from .errors import InputError
 if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
     from torch import Tensor
 
+#: (image, class, location) values of location scores formed at once: on the CPU a space forms ``s`` a chunk
+#: of whole images at a time (4 MiB of fp32), never as one tensor of the batch's size. A fresh batch-sized temporary
+#: per call can cost as much as the rule (tens of MB the C library may hand back to the OS and page in
+#: again on the next call); per image every number is the same bit for bit (tests/test_rule.py).
+CHUNK_ELEMENTS = 1 << 20
+
+
+def image_chunks(z: "Tensor") -> Tuple["Tensor", ...]:
+    """(B, …) → views of whole images, each of at most ``CHUNK_ELEMENTS`` values (at least one image); the
+    whole batch on other devices (their caching allocators reuse memory) and while compiling or exporting
+    (a symbolic batch stays symbolic)."""
+    import torch
+
+    if z.device.type != "cpu" or torch.compiler.is_compiling():
+        return (z,)
+    per_image = max(1, z[0].numel()) if len(z) else 1
+    return z.split(max(1, CHUNK_ELEMENTS // per_image))
+
 
 @dataclass(frozen=True)
 class LinearClassifier:
@@ -42,6 +60,8 @@ class ScoreSpace:
     #: ``base(logits)`` is the logits themselves: the statistics cache stores them once, as ``logits``,
     #: instead of a ``{name}_base`` array (``cache.STAT_KEYS``)
     base_is_logits = False
+    #: every location score lies in [0, 1] (``attention.SoftmaxHead.terms``: no max to subtract)
+    bounded = False
 
     def base(self, logits: "Tensor") -> "Tensor":
         """(B, C) model logits → (B, C) base scores."""
@@ -55,17 +75,29 @@ class ScoreSpace:
                         classifier: Optional[LinearClassifier] = None, scores: Optional["Tensor"] = None) -> "Tensor":
         """(B, C, L) per-location logits → (B, H, C) attention terms in the base's units, one per head.
 
-        ``scores``: ``location_scores(z, classifier)`` when the caller already has them (computed once)."""
+        ``scores``: ``location_scores(z, classifier)`` when the caller already has them (computed once);
+        otherwise they are formed a chunk of images at a time (``image_chunks``)."""
+        import torch
+
         from .rule import attention_terms
 
-        return attention_terms(self.location_scores(z, classifier) if scores is None else scores, heads)
+        if scores is not None:
+            return attention_terms(scores, heads, bounded=self.bounded)
+        return torch.cat([attention_terms(self.location_scores(chunk, classifier), heads, bounded=self.bounded)
+                          for chunk in image_chunks(z)])
 
     def location_statistics(self, z: "Tensor", heads: Sequence,
                             classifier: Optional[LinearClassifier] = None) -> Tuple["Tensor", "Tensor"]:
         """(B, C, L) per-location logits → (the mean of ``s`` over locations (B, C), the attention terms
         (B, H, C)): what the statistics cache stores per space, with ``s`` formed once."""
-        s = self.location_scores(z, classifier)
-        return s.mean(dim=-1), self.attention_terms(z, heads, classifier, scores=s)
+        import torch
+
+        means, terms = [], []
+        for chunk in image_chunks(z):
+            s = self.location_scores(chunk, classifier)
+            means.append(s.mean(dim=-1))
+            terms.append(self.attention_terms(chunk, heads, classifier, scores=s))
+        return torch.cat(means), torch.cat(terms)
 
     def member_pool(self, pool: str) -> str:
         """How an ImageNet→VOC/COCO class map pools member classes ("max" or "sum") in this space."""
@@ -125,6 +157,7 @@ class ProbSpace(ScoreSpace):
     label = "softmax probabilities"
     location_label = "softmax probability"
     digits = 4
+    bounded = True
 
     def base(self, logits):
         return logits.softmax(dim=1)
@@ -133,12 +166,6 @@ class ProbSpace(ScoreSpace):
         # over classes as a softmax over the last dimension: per-location logits are stored (B, L, C)
         # (``heads.per_location_logits``), where that is the contiguous, fast and most accurate kernel
         return z.transpose(1, 2).softmax(dim=-1).transpose(1, 2)
-
-    def attention_terms(self, z, heads, classifier=None, scores=None):
-        from .rule import attention_terms
-
-        s = self.location_scores(z, classifier) if scores is None else scores
-        return attention_terms(s, heads, bounded=True)  # probabilities: every s in [0, 1]
 
 
 #: The registry: every space by name (the only list; ``choices.SPACES`` is its keys).
@@ -156,4 +183,5 @@ def get_space(space) -> ScoreSpace:
         raise InputError(f"unknown score space {space!r}; choose one of {', '.join(SPACES)}") from None
 
 
-__all__ = ["ScoreSpace", "LogitSpace", "ProbSpace", "LinearClassifier", "SPACES", "SPACE_NAMES", "get_space"]
+__all__ = ["ScoreSpace", "LogitSpace", "ProbSpace", "LinearClassifier", "SPACES", "SPACE_NAMES", "get_space",
+           "image_chunks", "CHUNK_ELEMENTS"]

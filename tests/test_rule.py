@@ -261,6 +261,25 @@ def test_location_statistics_are_the_mean_and_the_terms(space):
         assert torch.allclose(s, z.softmax(1), atol=1e-6)  # over classes
 
 
+@pytest.mark.parametrize("space", ["logit", "prob"])
+def test_location_scores_formed_a_chunk_of_images_at_a_time_give_the_same_bits(space, monkeypatch):
+    """A space forms its location scores a few whole images at a time (``spaces.CHUNK_ELEMENTS``): the numbers
+    are those of the whole batch at once, bit for bit."""
+    from posthoc_csra import spaces
+
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(7, 49, 12, generator=g).transpose(1, 2) * 4
+    classifier = LinearClassifier(torch.randn(12, generator=g), torch.rand(12, generator=g) + 0.1)
+    sp, heads = get_space(space), choices.STORED_HEADS + ("top5",)
+    results = {}
+    for chunk in (1 << 62, 1, 2 * 12 * 49):  # the whole batch, one image, two images per chunk
+        monkeypatch.setattr(spaces, "CHUNK_ELEMENTS", chunk)
+        assert len(spaces.image_chunks(z)) == {1 << 62: 1, 1: 7, 2 * 12 * 49: 4}[chunk]
+        results[chunk] = (*sp.location_statistics(z, heads, classifier), sp.attention_terms(z, heads, classifier))
+    for chunk in (1, 2 * 12 * 49):
+        assert all(torch.equal(a, b) for a, b in zip(results[chunk], results[1 << 62])), chunk
+
+
 def test_attention_terms_follow_autograd_when_scores_require_grad():
     """A scorer called outside torch.no_grad (parameters require grad) gets the same terms and a graph."""
     import torch
