@@ -21,10 +21,11 @@ from .errors import InputError
 if TYPE_CHECKING:  # torch stays out of import time (instant CLI --help)
     from torch import Tensor
 
-#: (image, class, location) values of location scores formed at once: on the CPU a space forms ``s`` a chunk
-#: of whole images at a time (4 MiB of fp32), never as one tensor of the batch's size. A fresh batch-sized temporary
-#: per call can cost as much as the rule (tens of MB the C library may hand back to the OS and page in
-#: again on the next call); per image every number is the same bit for bit (tests/test_rule.py).
+#: (image, class, location) values of location scores formed at once when a scorer asks for attention terms
+#: (``ScoreSpace.attention_terms``): on the CPU a chunk of whole images at a time (4 MiB of fp32), not one tensor
+#: of the batch's size. A fresh batch-sized temporary per call can cost as much as the rule (tens of MB the C
+#: library may hand back to the OS and page in again on the next call); per image every number is the same bit
+#: for bit (tests/test_rule.py).
 CHUNK_ELEMENTS = 1 << 20
 
 
@@ -89,15 +90,11 @@ class ScoreSpace:
     def location_statistics(self, z: "Tensor", heads: Sequence,
                             classifier: Optional[LinearClassifier] = None) -> Tuple["Tensor", "Tensor"]:
         """(B, C, L) per-location logits → (the mean of ``s`` over locations (B, C), the attention terms
-        (B, H, C)): what the statistics cache stores per space, with ``s`` formed once."""
-        import torch
-
-        means, terms = [], []
-        for chunk in image_chunks(z):
-            s = self.location_scores(chunk, classifier)
-            means.append(s.mean(dim=-1))
-            terms.append(self.attention_terms(chunk, heads, classifier, scores=s))
-        return torch.cat(means), torch.cat(terms)
+        (B, H, C)): what the statistics cache stores per space, with ``s`` formed once, for the whole batch
+        (here a batch-sized temporary is small beside the backbone pass, and chunks of images would leave the
+        C library's heap holding more memory between batches)."""
+        s = self.location_scores(z, classifier)
+        return s.mean(dim=-1), self.attention_terms(z, heads, classifier, scores=s)
 
     def member_pool(self, pool: str) -> str:
         """How an ImageNet→VOC/COCO class map pools member classes ("max" or "sum") in this space."""

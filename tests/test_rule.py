@@ -263,8 +263,8 @@ def test_location_statistics_are_the_mean_and_the_terms(space):
 
 @pytest.mark.parametrize("space", ["logit", "prob"])
 def test_location_scores_formed_a_chunk_of_images_at_a_time_give_the_same_bits(space, monkeypatch):
-    """A space forms its location scores a few whole images at a time (``spaces.CHUNK_ELEMENTS``): the numbers
-    are those of the whole batch at once, bit for bit."""
+    """Attention terms form the location scores a few whole images at a time (``spaces.CHUNK_ELEMENTS``): the
+    numbers are those of the whole batch at once, bit for bit (and the cache's statistics, formed per batch)."""
     from posthoc_csra import spaces
 
     g = torch.Generator().manual_seed(6)
