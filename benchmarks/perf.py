@@ -1053,8 +1053,9 @@ def _render_d(args, d, cuda: bool) -> List[str]:
                   "Resident memory of this process as the images go by (after the batch that reaches each "
                   "share). Flat in the number of images means: the highest RSS after any batch of the second "
                   f"half is at most {FLAT_MB:.0f} MiB above the highest of the first half (one chunk at a time "
-                  "is kept; a streamed pass hands freed heap memory back to the OS after every chunk, "
-                  "`runtime.release_host_memory`).", "",
+                  "is kept; a streamed pass hands freed heap memory back to the OS, "
+                  "`runtime.release_host_memory`, after every batch on the CPU and after every chunk on any "
+                  "device).", "",
                   "| images done | " + " | ".join(f"{int(share * 100)} %" for share in m["marks"]) + " |",
                   "|---|" + "---:|" * len(m["marks"]),
                   "| RSS MiB | " + " | ".join(_fmt_mb(rss) for _, rss in m["marks"].values()) + " |", "",

@@ -374,6 +374,9 @@ def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size,
                                          num_workers=workers, collate_fn=_collate,
                                          pin_memory=runtime.torch_device.type == "cuda")
     buffers: Dict[str, list] = {k: [] for k in STAT_KEYS}
+    # on the CPU a batch's activations live in the host heap: hand the freed ones back after every batch, or
+    # the heap's resident free memory creeps up with the images (fragments a later batch cannot reuse)
+    trim_every_batch = runtime.torch_device.type == "cpu"
     done_rows, index, started = 0, 0, time.perf_counter()
     batches_iter = iter(loader)
     try:
@@ -390,16 +393,20 @@ def _stream_pass(scorer, dataset, transform, runtime, pending, more, batch_size,
                     stats = scorer.statistics(x) if heads is None else scorer.statistics(x, heads)
                 for k in STAT_KEYS:
                     buffers[k].append(stats[k].float().cpu().numpy())
-                done_rows, index = done_rows + len(images), index + 1
+                n_images = len(images)
+                del images, x, stats
+                if trim_every_batch:
+                    release_host_memory()
+                done_rows, index = done_rows + n_images, index + 1
                 if on_images is not None:
-                    on_images(tag, len(images))
+                    on_images(tag, n_images)
                 if done_rows == end - start:
                     pending.popleft()
                     arrays = {k: np.concatenate(v) for k, v in buffers.items()}
                     buffers = {k: [] for k in STAT_KEYS}
                     now = time.perf_counter()
                     yield ChunkDone(tag, arrays, batch_size, now - started)
-                    del arrays  # written by the consumer: give its memory, and the batches', back to the OS
+                    del arrays  # written by the consumer: give its memory back to the OS
                     release_host_memory()
                     done_rows, index, started = 0, 0, time.perf_counter()
     finally:
