@@ -84,8 +84,8 @@ def score_folder(image_dir: Union[str, Path], model: str = DEFAULT_MODEL, rule: 
     table_options: ``options.ScoreTableOptions`` (topk, all_scores, output, strict).
 
     The table starts with ``SETTINGS_COLUMNS`` (model, weights label, img_size, preprocessing, space, λ,
-    temperatures), constant over the rows, so every written file says what produced it. ``output`` (.csv,
-    .json, .parquet) is written atomically; Parquet also stores the settings in its schema metadata.
+    temperatures), constant over the rows, so every written file says what produced it. ``output`` (a format
+    of ``tables.TABLE_FORMATS``) is written atomically; Parquet also stores the settings in its schema metadata.
 
     Raises NothingScoredError when no image could be scored, or when ``strict`` and any failed. Every
     argument, the card and the folder (at least one file that opens as an image) are checked before torch

@@ -139,8 +139,8 @@ class ModelSource:
 @dataclass(frozen=True)
 class ScoreTableOptions:
     """What ``score`` (``folder.score_folder``) writes: the ``topk`` classes per image (capped at the class
-    count), ``all_scores`` (one column per class), ``output`` (.csv, .json or .parquet; None: no file) and
-    ``strict`` (fail when any file could not be scored)."""
+    count), ``all_scores`` (one column per class), ``output`` (a format of ``tables.TABLE_FORMATS``; None: no
+    file) and ``strict`` (fail when any file could not be scored)."""
 
     topk: int = 5
     all_scores: bool = False

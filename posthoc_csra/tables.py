@@ -1,4 +1,4 @@
-"""Result tables on disk: CSV / JSON / Parquet written atomically by extension, and GitHub Markdown.
+"""Result tables on disk: CSV (plain or gzip) / JSON / Parquet written atomically by extension, and GitHub Markdown.
 
 Used by ``score``, ``bench`` and ``benchmarks/published.py``. Atomic writes are ``cache.atomic_path``
 (imported when writing, so the CLI's ``--help`` stays light).
@@ -14,35 +14,61 @@ from typing import Mapping, Optional, Sequence, Union
 
 from .errors import InputError
 
-#: Data formats ``write_table`` writes, by extension.
-TABLE_FORMATS = (".csv", ".json", ".parquet")
+#: Data formats ``write_table`` writes, by extension (the one list: ``--output`` help and errors are built from it).
+TABLE_FORMATS = (".csv", ".csv.gz", ".json", ".parquet")
 #: The Parquet schema-metadata key holding the settings that produced a table (JSON).
 METADATA_KEY = b"posthoc_csra"
 
 
+def describe_formats(formats: Sequence[str] = TABLE_FORMATS) -> str:
+    """``formats`` for people: ``".csv, .csv.gz, .json or .parquet"``."""
+    return ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else "".join(formats)
+
+
+def table_format(path: Union[str, Path], formats: Sequence[str] = TABLE_FORMATS) -> str:
+    """The entry of ``formats`` that ``path`` ends with (the longest: ``t.csv.gz`` is ``.csv.gz``, lower case)."""
+    name = Path(path).name.lower()
+    matches = [f for f in formats if name.endswith(f) and len(name) > len(f)]
+    if not matches:
+        raise InputError(f"{path}: unknown table format {Path(path).suffix!r}; use one of {', '.join(formats)}")
+    return max(matches, key=len)
+
+
 def check_table_path(path: Union[str, Path, None], formats: Sequence[str] = TABLE_FORMATS) -> Optional[Path]:
-    """``path`` as a Path when its extension is one of ``formats`` (checked before any work is done)."""
+    """``path`` as a Path when it ends with one of ``formats`` (checked before any work is done)."""
     if path is None:
         return None
+    table_format(path, formats)
+    return Path(path)
+
+
+def with_format(path: Union[str, Path], new_format: str, formats: Sequence[str] = TABLE_FORMATS) -> Path:
+    """``path`` with its format of ``formats`` replaced by ``new_format`` (``t.csv.gz`` → ``t.md``)."""
     path = Path(path)
-    if path.suffix.lower() not in formats:
-        raise InputError(f"{path}: unknown table format {path.suffix!r}; use one of {', '.join(formats)}")
-    return path
+    return path.with_name(path.name[:-len(table_format(path, formats))] + new_format)
 
 
 def write_table(table, path: Union[str, Path], metadata: Optional[Mapping] = None) -> Path:
-    """Write a DataFrame as CSV, JSON (records) or Parquet by extension, atomically.
+    """Write a DataFrame as CSV, gzip-compressed CSV, JSON (records) or Parquet by extension, atomically.
 
-    ``metadata`` (default ``table.attrs``): the settings that produced the table, stored as JSON in the
+    ``.csv.gz`` files are reproducible: the same table gives the same bytes (no time or name in the gzip
+    header); pandas reads them as they are (``pd.read_csv`` infers the compression). ``metadata`` (default ``table.attrs``): the settings that produced the table, stored as JSON in the
     Parquet schema metadata under ``METADATA_KEY`` (CSV and JSON carry settings as columns only).
     """
     from .cache import atomic_path, json_ready
 
     path = check_table_path(path)
-    suffix = path.suffix.lower()
+    suffix = table_format(path)
     with atomic_path(path) as tmp:
         if suffix == ".csv":
             table.to_csv(tmp, index=False)
+        elif suffix == ".csv.gz":
+            import gzip
+            import io
+
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed, \
+                    io.TextIOWrapper(packed, encoding="utf-8", newline="") as text:
+                table.to_csv(text, index=False)
         elif suffix == ".json":
             table.to_json(tmp, orient="records", indent=1, force_ascii=False)
         else:
@@ -111,5 +137,6 @@ def to_markdown(table, columns: Optional[Sequence[str]] = None, formats: Optiona
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["TABLE_FORMATS", "METADATA_KEY", "check_table_path", "write_table", "read_metadata", "write_text",
+__all__ = ["TABLE_FORMATS", "METADATA_KEY", "describe_formats", "table_format", "check_table_path", "with_format",
+           "write_table", "read_metadata", "write_text",
            "to_markdown"]

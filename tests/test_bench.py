@@ -144,10 +144,10 @@ def test_cli_bench_end_to_end_on_real_weights(tmp_path, shared, forward_count):
             "--dataset", f"imagenet-real:{images}", "--space", "logit,prob", "--cache-dir", str(tmp_path / "cache"),
             "--no-progress", "--workers", "1"]
     runner = CliRunner()
-    first = runner.invoke(main, args + ["--lam", "0,0.1,0.3", "-o", str(tmp_path / "t.csv")])
+    first = runner.invoke(main, args + ["--lam", "0,0.1,0.3", "-o", str(tmp_path / "t.csv.gz")])
     assert first.exit_code == 0, first.output
     assert forward_count["n"] > 0 and "| tf_efficientnet_lite0 |" in first.stdout
-    table = pd.read_csv(tmp_path / "t.csv")
+    table = pd.read_csv(tmp_path / "t.csv.gz")  # a gzip CSV: the Markdown table beside it is t.md
     assert len(table[table["method"] == "csra"]) == 6 and set(COLUMNS) <= set(table.columns)
     assert table["error"].isna().all()
     assert (table["weights"] == "manifest:tf_efficientnet_lite0").all() and table["exact"].all()

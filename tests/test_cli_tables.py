@@ -1,6 +1,7 @@
-"""``tables.py``: atomic CSV / JSON / Parquet writers and the one Markdown table writer."""
+"""``tables.py``: atomic CSV (plain or gzip) / JSON / Parquet writers and the one Markdown table writer."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,15 +18,35 @@ def table():
     return df
 
 
-@pytest.mark.parametrize("ext", ["csv", "json", "parquet"])
+@pytest.mark.parametrize("ext", ["csv", "csv.gz", "json", "parquet"])
 def test_write_table_round_trips_atomically(table, tmp_path, ext):
     path = tables.write_table(table, tmp_path / "sub" / f"t.{ext}")
     assert [p.name for p in path.parent.iterdir()] == [f"t.{ext}"]  # no temp file left
-    back = {"csv": pd.read_csv, "parquet": pd.read_parquet,
+    back = {"csv": pd.read_csv, "csv.gz": pd.read_csv, "parquet": pd.read_parquet,
             "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}[ext](path)
     assert list(back["model"]) == ["a", "b|c"] and back["mAP"][0] == pytest.approx(91.234) and pd.isna(back["mAP"][1])
     if ext == "parquet":
         assert tables.read_metadata(path) == {"model": "a", "lam": 0.1}  # table.attrs by default
+
+
+def test_a_gzip_csv_holds_the_csv_and_the_same_table_gives_the_same_bytes(table, tmp_path):
+    import gzip
+    import time
+
+    plain = tables.write_table(table, tmp_path / "t.csv").read_bytes()
+    first = tables.write_table(table, tmp_path / "a" / "t.CSV.GZ").read_bytes()
+    time.sleep(1.1)  # a gzip header with a time in it would differ now
+    second = tables.write_table(table, tmp_path / "b" / "other.csv.gz").read_bytes()
+    assert gzip.decompress(first) == plain and first == second and first[:2] == b"\x1f\x8b"
+
+
+def test_formats_are_matched_on_the_longest_ending(tmp_path):
+    assert tables.table_format("x/t.csv.gz") == ".csv.gz" and tables.table_format("T.CSV") == ".csv"
+    assert tables.with_format("d/t.csv.gz", ".md") == tables.with_format("d/t.csv", ".md") == Path("d/t.md")
+    for bad in ("t.gz", "t.tar.gz", ".csv", "t"):
+        with pytest.raises(InputError, match="unknown table format"):
+            tables.check_table_path(tmp_path / bad)
+    assert tables.describe_formats() == ".csv, .csv.gz, .json or .parquet"
 
 
 def test_a_failing_write_leaves_the_old_file(table, tmp_path):
@@ -38,7 +59,7 @@ def test_a_failing_write_leaves_the_old_file(table, tmp_path):
 
 
 def test_unknown_format_fails_before_writing(table, tmp_path):
-    with pytest.raises(InputError, match=r"unknown table format '.xlsx'; use one of .csv, .json, .parquet"):
+    with pytest.raises(InputError, match=r"unknown table format '.xlsx'; use one of .csv, .csv.gz, .json, .parquet"):
         tables.write_table(table, tmp_path / "t.xlsx")
     assert not list(tmp_path.iterdir())
     assert tables.check_table_path(tmp_path / "t.md", (".md",)) == tmp_path / "t.md"

@@ -13,12 +13,12 @@ from ..errors import InputError
 from ..evaluation import COLUMN_HELP, TOPK
 from ..executors import EXECUTORS
 from ..parsing import parse_heads, parse_img_sizes, parse_lams, parse_spaces
-from ..tables import check_table_path
+from ..tables import TABLE_FORMATS, check_table_path, describe_formats, table_format, with_format
 from .options import HEADS_HELP, HEADS_METAVAR, OptionError, OptionGroup, checked, device_options, loader_options, \
     progress_option, weights_options
 
 #: --output formats: a data table (a Markdown .md is written beside it) or Markdown only.
-OUTPUT_FORMATS = (".csv", ".parquet", ".json", ".md")
+OUTPUT_FORMATS = TABLE_FORMATS + (".md",)
 #: The Markdown view of the benchmark table: which columns, and how numbers are written.
 MARKDOWN_COLUMNS = ["model", "dataset", "img_size", "preprocessing", "split", "n_images", "method", "space", "heads",
                     "temperatures", "lam", "selected", "mAP", "delta", f"CF1@top{TOPK}", f"OF1@top{TOPK}", "CF1@t",
@@ -149,7 +149,7 @@ executor_options = OptionGroup("executor", (
 #: → ``table_files``: dict(output, markdown): where the table is written.
 table_options = OptionGroup("table_files", (
     click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(_output_path),
-                 help="Write the table: .csv, .parquet or .json (plus a Markdown .md beside it), or .md only."),
+                 help=f"Write the table: {describe_formats()} (plus a Markdown .md beside it), or .md only."),
     click.option("--markdown", type=click.Path(dir_okay=False), help="Write the Markdown table here instead."),
 ))
 
@@ -205,9 +205,9 @@ def command(models, weights, datasets, sweep, evaluation, table_files, cards, da
     text = markdown_table(table)
     click.echo(text, nl=False)
     written = []
-    if output is not None and output.suffix.lower() != ".md":
+    if output is not None and table_format(output, OUTPUT_FORMATS) != ".md":
         written.append(str(write_table(table, output)))
-    md_path = Path(markdown) if markdown else (output.with_suffix(".md") if output is not None else None)
+    md_path = Path(markdown) if markdown else (with_format(output, ".md", OUTPUT_FORMATS) if output is not None else None)
     if md_path is not None:
         written.append(str(write_text(md_path, text)))
     n_errors = int(table["error"].notna().sum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..options import ScoreTableOptions
-from ..tables import check_table_path
+from ..tables import check_table_path, describe_formats
 from .options import (OptionGroup, card_option, checked, device_options, heads_text, loader_options, progress_option,
                       refuse_with_card, scorer_options, topk_option)
 
@@ -31,7 +31,7 @@ def _table(topk, output, all_scores) -> ScoreTableOptions:
 score_table_options = OptionGroup("table", (
     topk_option(5, "Top classes per image (at most the model's class count)."),
     click.option("--output", "-o", type=click.Path(dir_okay=False), callback=checked(check_table_path),
-                 help="Write all rows to FILE: .csv, .json or .parquet (by extension). Every row records the "
+                 help=f"Write all rows to FILE: {describe_formats()} (by extension). Every row records the "
                       "model, weights, img_size, preprocessing (full frame or crop), space, λ and temperatures "
                       "(Parquet: also in the file's metadata)."),
     click.option("--all-scores", is_flag=True, help="One column per class, named by class label, in class order "
