@@ -2,11 +2,11 @@
 
     python benchmarks/compare_results.py benchmarks/results /tmp/other-results
 
-Every CSV and Markdown file of the first folder is compared with the second's: ``published.csv.gz`` (or
-``published.csv``, as earlier versions wrote it: either name matches the other) cell by cell without its
-run-time columns (``seconds``, ``cached``), the others byte for byte (figures are skipped). For each
-difference it prints the rows and the largest change per numeric column. Exit status 0 when every file is the
-same, 1 otherwise. Use it to check that a code change leaves the published numbers alone: run
+Every CSV and Markdown file of the first folder is compared with the second's: the every-row table
+``published.csv`` (or a gzip-compressed ``published.csv.gz``: either name matches the other) cell by cell
+without its run-time columns (``seconds``, ``cached``), the others byte for byte (figures are skipped). For
+each difference it prints the rows and the largest change per numeric column. Exit status 0 when every file
+is the same, 1 otherwise. Use it to check that a code change leaves the published numbers alone: run
 ``published.py --out DIR --no-readme`` from both versions on the same statistics cache and compare.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 RUN_TIME_COLUMNS = ("seconds", "cached")
-#: The every-row table, compared cell by cell; earlier versions wrote it uncompressed.
+#: The every-row table, compared cell by cell: as ``published.py`` writes it, or gzip-compressed.
 TABLE_NAMES = ("published.csv.gz", "published.csv")
 #: The files compared.
 COMPARED = (".csv", ".csv.gz", ".md")

@@ -52,8 +52,9 @@ def write_table(table, path: Union[str, Path], metadata: Optional[Mapping] = Non
     """Write a DataFrame as CSV, gzip-compressed CSV, JSON (records) or Parquet by extension, atomically.
 
     ``.csv.gz`` files are reproducible: the same table gives the same bytes (no time or name in the gzip
-    header); pandas reads them as they are (``pd.read_csv`` infers the compression). ``metadata`` (default ``table.attrs``): the settings that produced the table, stored as JSON in the
-    Parquet schema metadata under ``METADATA_KEY`` (CSV and JSON carry settings as columns only).
+    header); ``pd.read_csv`` reads them as they are. ``metadata`` (default ``table.attrs``): the settings that
+    produced the table, stored as JSON in the Parquet schema metadata under ``METADATA_KEY`` (CSV and JSON
+    carry settings as columns only).
     """
     from .cache import atomic_path, json_ready
 
@@ -138,5 +139,4 @@ def to_markdown(table, columns: Optional[Sequence[str]] = None, formats: Optiona
 
 
 __all__ = ["TABLE_FORMATS", "METADATA_KEY", "describe_formats", "table_format", "check_table_path", "with_format",
-           "write_table", "read_metadata", "write_text",
-           "to_markdown"]
+           "write_table", "read_metadata", "write_text", "to_markdown"]

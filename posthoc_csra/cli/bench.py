@@ -207,7 +207,9 @@ def command(models, weights, datasets, sweep, evaluation, table_files, cards, da
     written = []
     if output is not None and table_format(output, OUTPUT_FORMATS) != ".md":
         written.append(str(write_table(table, output)))
-    md_path = Path(markdown) if markdown else (with_format(output, ".md", OUTPUT_FORMATS) if output is not None else None)
+    md_path = Path(markdown) if markdown else None
+    if md_path is None and output is not None:
+        md_path = with_format(output, ".md", OUTPUT_FORMATS)  # t.csv.gz → t.md
     if md_path is not None:
         written.append(str(write_text(md_path, text)))
     n_errors = int(table["error"].notna().sum())
