@@ -2,11 +2,10 @@
 
     python benchmarks/compare_results.py benchmarks/results /tmp/other-results
 
-Every CSV and Markdown file of the first folder is compared with the second's: the every-row table
-``published.csv`` (or a gzip-compressed ``published.csv.gz``: either name matches the other) cell by cell
+Every CSV and Markdown file of the first folder is compared with the second's: ``published.csv`` cell by cell
 without its run-time columns (``seconds``, ``cached``), the others byte for byte (figures are skipped). For
-each difference it prints the rows and the largest change per numeric column. Exit status 0 when every file
-is the same, 1 otherwise. Use it to check that a code change leaves the published numbers alone: run
+each difference it prints the rows and the largest change per numeric column. Exit status 0 when every file is
+the same, 1 otherwise. Use it to check that a code change leaves the published numbers alone: run
 ``published.py --out DIR --no-readme`` from both versions on the same statistics cache and compare.
 """
 from __future__ import annotations
@@ -16,16 +15,6 @@ import sys
 from pathlib import Path
 
 RUN_TIME_COLUMNS = ("seconds", "cached")
-#: The every-row table, compared cell by cell: as ``published.py`` writes it, or gzip-compressed.
-TABLE_NAMES = ("published.csv.gz", "published.csv")
-#: The files compared.
-COMPARED = (".csv", ".csv.gz", ".md")
-
-
-def counterpart(path: Path, folder: Path) -> Path:
-    """The file of ``folder`` that ``path`` is compared with (the every-row table under either name)."""
-    names = TABLE_NAMES if path.name in TABLE_NAMES else (path.name,)
-    return next((folder / name for name in names if (folder / name).is_file()), folder / path.name)
 
 
 def compare_table(a: Path, b: Path) -> list:
@@ -53,13 +42,13 @@ def main(argv=None) -> int:
     parser.add_argument("second", type=Path)
     args = parser.parse_args(argv)
     differ = False
-    for path in sorted(p for p in args.first.iterdir() if p.name.endswith(COMPARED)):
-        other = counterpart(path, args.second)
+    for path in sorted(p for p in args.first.iterdir() if p.suffix in (".csv", ".md")):
+        other = args.second / path.name
         if not other.is_file():
             print(f"{path.name}: missing in {args.second}")
             differ = True
             continue
-        if path.name in TABLE_NAMES:
+        if path.name == "published.csv":
             lines = compare_table(path, other)
         else:
             lines = [] if path.read_bytes() == other.read_bytes() else ["contents differ"]

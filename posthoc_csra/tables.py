@@ -58,8 +58,7 @@ def write_table(table, path: Union[str, Path], metadata: Optional[Mapping] = Non
     """
     from .cache import atomic_path, json_ready
 
-    path = check_table_path(path)
-    suffix = table_format(path)
+    suffix, path = table_format(path), Path(path)  # checked before any work is done
     with atomic_path(path) as tmp:
         if suffix == ".csv":
             table.to_csv(tmp, index=False)
