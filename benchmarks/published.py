@@ -22,13 +22,13 @@ half (mosaic halves share no tile image). Every Δ gets a paired bootstrap 95 % 
 (``posthoc_csra.bootstrap``: the same resampled images for both methods, seeded), computed from the cached
 statistics; wins, ties and losses are decided by whether that interval excludes 0.
 
-Files (in ``--out``, default benchmarks/results): ``published.csv`` (every table row), ``published.md`` (the
-headline table and its computed summary, also the README block), ``headline.csv`` (the headline table with
-numeric intervals), ``lambda_bands.csv`` (Δ and its interval against λ ≤ 1 for every head set, VOC, COCO and
-the multi-label head at 448 px), ``per_class.csv`` (per-class test AP of the model and of CSRA at the
-val-chosen setting, same datasets), ``approximate_heads.csv`` (non-exact models: the location mean and its
-rank agreement with the model), ``voc_lambda.png`` and ``coco_lambda.png``. The statistics cache makes
-re-runs cheap (no backbone pass).
+Files (in ``--out``, default benchmarks/results): ``published.csv.gz`` (every table row, gzip CSV),
+``published.md`` (the headline table and its computed summary, also the README block), ``headline.csv`` (the
+headline table with numeric intervals), ``lambda_bands.csv`` (Δ and its interval against λ ≤ 1 for every head set,
+VOC, COCO and the multi-label head at 448 px), ``per_class.csv`` (per-class test AP of the model and of CSRA at
+the val-chosen setting, same datasets), ``approximate_heads.csv`` (non-exact models: the location mean and its
+rank agreement with the model), ``voc_lambda.png`` and ``coco_lambda.png``. The statistics cache makes re-runs
+cheap (no backbone pass).
 """
 from __future__ import annotations
 
@@ -474,7 +474,7 @@ def describe(table, head, approx, resamples: int, seed: int) -> str:
          for s, g in counted.groupby("suite")}
     return (
         f"Produced by `python benchmarks/published.py` (statistics cache: re-runs make no backbone pass); all rows "
-        f"in `benchmarks/results/published.csv`; the table below with numeric intervals in `headline.csv`, Δ "
+        f"in `benchmarks/results/published.csv.gz`; the table below with numeric intervals in `headline.csv`, Δ "
         f"against λ with its interval in `lambda_bands.csv`, per-class AP in `per_class.csv`, the approximate "
         f"head in `approximate_heads.csv`.\n\n"
         f"Test-half mAP (%) of every method at the setting chosen on the disjoint validation half. Datasets from "
@@ -561,7 +561,7 @@ def main(argv=None) -> int:
     published = table.drop(columns="suite")
     for path in {str(shared), str(shared.resolve())}:
         published["dataset_spec"] = published["dataset_spec"].str.replace(path, "../shared", regex=False)
-    write_table(published, out / "published.csv")
+    write_table(published, out / "published.csv.gz")
     for suite in suite_list:
         if suite.plot:
             lambda_plot(table, out / suite.plot, suite.label, "VOC2007" if suite.label == "voc2007" else "COCO 2017")

@@ -40,3 +40,21 @@ def test_a_changed_number_or_file_is_reported(tmp_path, capsys):
     (b / "published.md").unlink()
     assert compare.main([str(a), str(b)]) == 1
     assert "published.md: missing" in capsys.readouterr().out
+
+
+def test_the_compressed_table_matches_the_old_name(tmp_path, capsys):
+    """A folder from before the table was compressed (published.csv) against one after (published.csv.gz):
+    the two names are the same table, compared cell by cell (a changed cell still shows)."""
+    compare = _module()
+    old = _folder(tmp_path / "old", [70.5, 80.25], [1.0, 2.0])
+    new = _folder(tmp_path / "new", [70.5, 80.25], [3.0, 4.0])
+    table = pd.read_csv(new / "published.csv")
+    (new / "published.csv").unlink()
+    table.to_csv(new / "published.csv.gz", index=False)
+    assert compare.main([str(new), str(old)]) == 0
+    assert "published.csv.gz vs published.csv: same" in capsys.readouterr().out
+    assert compare.main([str(old), str(new)]) == 0
+    assert "published.csv vs published.csv.gz: same" in capsys.readouterr().out
+    table.assign(mAP=[70.5, 80.0]).to_csv(new / "published.csv.gz", index=False)
+    assert compare.main([str(old), str(new)]) == 1
+    assert "mAP: 1 of 2 rows differ, largest change 0.25" in capsys.readouterr().out
