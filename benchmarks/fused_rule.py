@@ -1,0 +1,202 @@
+"""What a fused CPU kernel would buy the rule's attention terms: an experiment, not part of the package.
+
+    python benchmarks/fused_rule.py                 # ViT-S/16 at 224: B=32, L=196, C=1000, heads=8
+    python benchmarks/fused_rule.py --reps 31 --batch 32 --locations 196 --classes 1000
+
+``perf.py`` (a) finds the rule of heads=8 on ViT-S over its goal on 2-core CPUs (benchmarks/results/perf.md):
+the eager path (``attention._exp_terms``) makes about six passes over a (7, B', C', L) block in the L2 cache,
+one tensor operation each, and no eager formulation tried does fewer (the notes of issue 18). This script
+compiles, with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja needed; about a minute, once),
+one loop that does every temperature of an (image, 16 classes) tile in registers straight from the (B, L, C)
+per-location logits: the max over L, then per location ``x = (z − max)·scale`` and for every T
+``e = exp(max(T·x, −87))``, ``Σ e`` and ``Σ e·x`` — the same formula as the eager path, vectorised across
+classes (an inline exp: Cody–Waite reduction and a degree-6 polynomial, ~1e-7 relative error).
+
+It prints, measured in this run on the same inputs, interleaved: the eager attention terms of every head
+(``attention.head_terms``, what the scorer calls) and the kernel, in ms, their ratio, and how far each is from
+the formula in float64 (both spaces: logits with per-class scales, and probabilities). Nothing in the package
+uses the kernel; it is the measured case for (or against) shipping one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+KERNEL = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+// e^a for a in [-87, 0] (the caller clamps): a = n·ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial
+// (relative error ~1e-7), 2^n from the exponent bits. Written so that GCC vectorises it inline.
+static inline float exp_clamped(float a) {
+  const float n = std::floor(a * 1.44269504f + 0.5f);
+  const float r = (a - n * 0.693145752f) - n * 1.42860677e-06f;
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+constexpr int64_t V = 16;
+
+// One image, V classes (rows ``C`` apart), every temperature: Σ e and Σ e·x per class into num/den (F, V).
+// Not inlined: on its own GCC keeps the F·V accumulators in vector registers.
+template <int F>
+__attribute__((noinline)) static void tile_terms(const float* base, int64_t L, int64_t C, const float* m,
+                                                 const float* sc, const float* T, float* num_out, float* den_out) {
+  float num[F][V], den[F][V];
+  for (int f = 0; f < F; ++f)
+    for (int j = 0; j < V; ++j) num[f][j] = 0.f, den[f][j] = 0.f;
+  for (int64_t k = 0; k < L; ++k) {
+    const float* row = base + k * C;
+    float x[V];
+    #pragma omp simd
+    for (int j = 0; j < V; ++j) x[j] = (row[j] - m[j]) * sc[j];
+    #pragma GCC unroll 16
+    for (int f = 0; f < F; ++f) {
+      const float t = T[f];
+      #pragma omp simd
+      for (int j = 0; j < V; ++j) {
+        const float e = exp_clamped(std::max(t * x[j], -87.f));
+        den[f][j] += e;
+        num[f][j] += e * x[j];
+      }
+    }
+  }
+  for (int f = 0; f < F; ++f)
+    for (int j = 0; j < V; ++j) num_out[f * V + j] = num[f][j], den_out[f * V + j] = den[f][j];
+}
+
+torch::Tensor attention_terms(torch::Tensor z, torch::Tensor scale, std::vector<double> temperatures) {
+  TORCH_CHECK(z.dim() == 3 && z.is_contiguous() && z.scalar_type() == torch::kFloat,
+              "z: (B, L, C) contiguous fp32");
+  const int64_t B = z.size(0), L = z.size(1), C = z.size(2), F = temperatures.size();
+  TORCH_CHECK(F >= 1 && F <= 8, "1 to 8 temperatures");
+  auto out = torch::empty({F, B, C}, z.options());
+  const float* zp = z.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t vectors = (C + V - 1) / V;
+  std::vector<float> T(temperatures.begin(), temperatures.end());
+  at::parallel_for(0, B * vectors, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad;  // the last, partial vector of classes: its rows copied into V wide ones
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / vectors, c0 = (job % vectors) * V, n = std::min(V, C - c0);
+      const float* base = zp + b * L * C + c0;
+      int64_t stride = C;
+      if (n < V) {
+        pad.assign(L * V, 0.f);
+        for (int64_t k = 0; k < L; ++k) std::copy(base + k * C, base + k * C + n, pad.data() + k * V);
+        base = pad.data(), stride = V;
+      }
+      float m[V], sc[V], num[8 * V], den[8 * V];
+      for (int64_t j = 0; j < V; ++j) m[j] = base[j], sc[j] = j < n ? sp[c0 + j] : 1.f;
+      for (int64_t k = 1; k < L; ++k) {
+        const float* row = base + k * stride;
+        #pragma omp simd
+        for (int64_t j = 0; j < V; ++j) m[j] = std::max(m[j], row[j]);
+      }
+      switch (F) {  // the number of temperatures fixed at compile time: every accumulator in a register
+        case 1: tile_terms<1>(base, L, stride, m, sc, T.data(), num, den); break;
+        case 2: tile_terms<2>(base, L, stride, m, sc, T.data(), num, den); break;
+        case 3: tile_terms<3>(base, L, stride, m, sc, T.data(), num, den); break;
+        case 4: tile_terms<4>(base, L, stride, m, sc, T.data(), num, den); break;
+        case 5: tile_terms<5>(base, L, stride, m, sc, T.data(), num, den); break;
+        case 6: tile_terms<6>(base, L, stride, m, sc, T.data(), num, den); break;
+        case 7: tile_terms<7>(base, L, stride, m, sc, T.data(), num, den); break;
+        default: tile_terms<8>(base, L, stride, m, sc, T.data(), num, den); break;
+      }
+      for (int64_t f = 0; f < F; ++f)
+        for (int64_t j = 0; j < n; ++j)
+          op[(f * B + b) * C + c0 + j] = num[f * V + j] / den[f * V + j] / sc[j] + m[j];
+    }
+  });
+  return out;
+}
+"""
+
+
+def formula64(z_blc: torch.Tensor, temperatures, scale: torch.Tensor) -> torch.Tensor:
+    """(F, B, C) in float64, straight from the paper: att_T(s) = Σ_k s_k·softmax(T·s)_k with s = scale·z."""
+    s = z_blc.double().transpose(1, 2) * scale.double().view(1, -1, 1)
+    terms = torch.stack([(s * torch.softmax(t * s, dim=-1)).sum(-1) for t in temperatures])
+    return terms / scale.double().view(1, 1, -1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--locations", type=int, default=196)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--tolerance", type=float, default=1e-5,
+                        help="largest error of the kernel against float64, relative to the largest term (exit 1 above)")
+    args = parser.parse_args(argv)
+
+    from torch.utils.cpp_extension import load_inline
+
+    from posthoc_csra.attention import head_terms
+
+    started = time.perf_counter()
+    kernel = load_inline("posthoc_csra_fused_rule_probe_v2", cpp_sources=KERNEL, functions=["attention_terms"],
+                         extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno",
+                                       "-fno-trapping-math"])
+    print(f"compiled in {time.perf_counter() - started:.0f} s; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    heads = (1, 2, 3, 4, 5, 6, 7, math.inf)
+    temperatures = [float(t) for t in heads[:-1]]
+    g = torch.Generator().manual_seed(0)
+    b, l, c = args.batch, args.locations, args.classes
+    logits = (2 * torch.randn(b, l, c, generator=g) + torch.randn(1, 1, c, generator=g)).contiguous()
+    scale = (0.5 + torch.rand(c, generator=g)).reciprocal()  # 1/‖w_c‖
+    probs = logits.softmax(dim=-1)
+    cases = {"logit": (logits, scale), "prob": (probs, None)}
+    with torch.inference_mode():
+        for space, (z, sc) in cases.items():
+            s = z.transpose(1, 2)  # (B, C, L): what the scorer passes (a view of the (B, L, C) logits)
+            eager = lambda: head_terms(s, heads, scale=sc, bounded=space == "prob")  # noqa: E731
+            ones = torch.ones(c)
+            fused = lambda: kernel.attention_terms(z, ones if sc is None else sc, temperatures)  # noqa: E731
+            reference = formula64(z, temperatures, ones if sc is None else sc)
+            err_eager = (eager()[:, :-1].transpose(0, 1).double() - reference).abs().max().item()
+            err_fused = (fused().double() - reference).abs().max().item()
+            if err_fused > args.tolerance * max(1.0, reference.abs().max().item()):
+                print(f"{space}: the kernel is off the formula by {err_fused:.3g} (eager {err_eager:.3g})")
+                return 1
+            for _ in range(3):
+                eager(), fused()
+            times = {"eager": [], "fused": []}
+            for _ in range(args.reps):
+                for name, fn in (("eager", eager), ("fused", fused)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+            ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+            ratios = sorted(e / f for e, f in zip(times["eager"], times["fused"]))
+            print(f"{space}: (B, L, C) = ({b}, {l}, {c}), heads=8: eager {ms['eager']:.1f} ms, "
+                  f"fused {ms['fused']:.1f} ms "
+                  f"(median {ms['eager'] / ms['fused']:.2f}× faster; paired ratios {ratios[len(ratios) // 4]:.2f}–"
+                  f"{ratios[3 * len(ratios) // 4]:.2f}); largest error against float64: eager {err_eager:.2g}, "
+                  f"fused {err_fused:.2g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
