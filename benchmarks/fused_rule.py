@@ -14,8 +14,13 @@ classes (an inline exp: Cody–Waite reduction and a degree-6 polynomial, ~1e-7 
 
 It prints, measured in this run on the same inputs, interleaved: the eager attention terms of every head
 (``attention.head_terms``, what the scorer calls) and the kernel, in ms, their ratio, and how far each is from
-the formula in float64 (both spaces: logits with per-class scales, and probabilities). Nothing in the package
-uses the kernel; it is the measured case for (or against) shipping one.
+the formula in float64 (both spaces: logits with per-class scales, and probabilities). ``--perf MODEL`` then
+runs ``perf.py``'s section (a) for MODEL twice, as the package is and with the kernel in place of the eager
+path (``attention._exp_terms`` patched for this process only), and prints the heads=8 rows: the overhead by
+parts against the model's goal. Nothing in the package uses the kernel; it is the measured case for (or
+against) shipping one.
+
+    python benchmarks/fused_rule.py --perf vit_small_patch16_224
 """
 from __future__ import annotations
 
@@ -146,6 +151,8 @@ def main(argv=None) -> int:
     parser.add_argument("--locations", type=int, default=196)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--perf", metavar="MODEL", default=None,
+                        help="also run perf.py's section (a) for this timm model, eager and with the kernel")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest error of the kernel against float64, relative to the largest term (exit 1 above)")
     args = parser.parse_args(argv)
@@ -195,7 +202,44 @@ def main(argv=None) -> int:
                   f"(median {ms['eager'] / ms['fused']:.2f}× faster; paired ratios {ratios[len(ratios) // 4]:.2f}–"
                   f"{ratios[3 * len(ratios) // 4]:.2f}); largest error against float64: eager {err_eager:.2g}, "
                   f"fused {err_fused:.2g}")
+    if args.perf:
+        compare_in_perf(args.perf, kernel)
     return 0
+
+
+def compare_in_perf(model: str, kernel) -> None:
+    """perf.py's section (a) for ``model``, as the package is and with the kernel; prints the heads=8 rows."""
+    import importlib.util
+    from pathlib import Path
+
+    from posthoc_csra import attention
+    from posthoc_csra.runtime import Runtime
+
+    spec = importlib.util.spec_from_file_location("perf", Path(__file__).with_name("perf.py"))
+    perf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(perf)
+    eager_terms = attention._exp_terms
+
+    def kernel_terms(s, temperatures, scale, bounded, maxima=None):
+        z = s.transpose(1, 2)  # the (B, L, C) per-location scores the scorer's (B, C, L) view is made of
+        if not z.is_contiguous() or not 1 <= len(temperatures) <= 8 or s.dtype != torch.float32:
+            return eager_terms(s, temperatures, scale, bounded, maxima)
+        sc = torch.ones(s.shape[1]) if scale is None else scale.float().contiguous()
+        return list(kernel.attention_terms(z, sc, [float(t) for t in temperatures]).unbind(0))
+
+    args = perf.parse_args(["--models", model, "--sections", "a"])
+    for label, terms in (("eager (the package)", eager_terms), ("fused kernel", kernel_terms)):
+        attention._exp_terms = terms
+        try:
+            result = perf.bench_overhead(model, args, Runtime(device="cpu"))
+        finally:
+            attention._exp_terms = eager_terms
+        for row in result["rows"]:
+            if row["config"].startswith("heads=8"):
+                print(f"perf (a) {model}, {row['config']}, {label}: by parts {row['parts_ratio']:.3f} "
+                      f"(goal {result['goal']}: {row['parts_verdict']}; head {1000 * row['head_s']:.1f} ms + rule "
+                      f"{1000 * row['rule_s']:.1f} ms per batch, plain {row['plain_s']:.3f} s), "
+                      f"directly {row['ratio']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
