@@ -5,6 +5,22 @@ import pytest
 
 from posthoc_csra.paths import SHARED_ENV, shared_dir
 
+#: The benchmark scripts' folder (scripts, not a package: tests load them by path).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """load(name) → a fresh module of ``benchmarks/<name>.py``, its ``main`` not run."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
+
 
 @pytest.fixture(scope="session")
 def shared() -> Path:

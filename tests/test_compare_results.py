@@ -1,17 +1,11 @@
 """benchmarks/compare_results.py: published results compared without their run-time columns."""
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
+import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_results.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("compare_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def compare(benchmark_script):
+    return benchmark_script("compare_results")
 
 
 def _folder(path, mAP, seconds, md="| table |\n"):
@@ -22,16 +16,14 @@ def _folder(path, mAP, seconds, md="| table |\n"):
     return path
 
 
-def test_same_results_with_other_run_times(tmp_path, capsys):
-    compare = _module()
+def test_same_results_with_other_run_times(tmp_path, capsys, compare):
     a = _folder(tmp_path / "a", [70.5, 80.25], [1.0, 2.0])
     b = _folder(tmp_path / "b", [70.5, 80.25], [9.0, 0.1])
     assert compare.main([str(a), str(b)]) == 0
     assert "published.csv: same" in capsys.readouterr().out
 
 
-def test_a_changed_number_or_file_is_reported(tmp_path, capsys):
-    compare = _module()
+def test_a_changed_number_or_file_is_reported(tmp_path, capsys, compare):
     a = _folder(tmp_path / "a", [70.5, 80.25], [1.0, 2.0])
     b = _folder(tmp_path / "b", [70.5, 80.0], [1.0, 2.0], md="| other |\n")
     assert compare.main([str(a), str(b)]) == 1
@@ -42,10 +34,9 @@ def test_a_changed_number_or_file_is_reported(tmp_path, capsys):
     assert "published.md: missing" in capsys.readouterr().out
 
 
-def test_the_compressed_table_matches_the_old_name(tmp_path, capsys):
+def test_the_compressed_table_matches_the_old_name(tmp_path, capsys, compare):
     """A folder from before the table was compressed (published.csv) against one after (published.csv.gz):
     the two names are the same table, compared cell by cell (a changed cell still shows)."""
-    compare = _module()
     old = _folder(tmp_path / "old", [70.5, 80.25], [1.0, 2.0])
     new = _folder(tmp_path / "new", [70.5, 80.25], [3.0, 4.0])
     table = pd.read_csv(new / "published.csv")

@@ -1,7 +1,5 @@
 """benchmarks/compat.py's token grid check: measured in the forward pass, independent of heads.py."""
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,15 +7,10 @@ from torch import nn
 
 from posthoc_csra import heads
 
-COMPAT = Path(__file__).resolve().parents[1] / "benchmarks" / "compat.py"
-
 
 @pytest.fixture(scope="module")
-def compat():
-    spec = importlib.util.spec_from_file_location("compat_under_test", COMPAT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compat(benchmark_script):
+    return benchmark_script("compat")
 
 
 def test_grid_fits_equal_or_square_merge_only(compat):

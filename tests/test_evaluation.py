@@ -239,16 +239,12 @@ def test_column_help_is_the_one_column_list():
     assert set(evaluation.__all__) >= {"COLUMN_HELP", "COLUMNS", "evaluate_stats"}
 
 
-def test_readme_lists_every_column_from_column_help():
+def test_readme_lists_every_column_from_column_help(benchmark_script):
     """README's column list is rendered from COLUMN_HELP (python benchmarks/readme_columns.py), not typed."""
-    import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("readme_columns", root / "benchmarks" / "readme_columns.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text = (root / "README.md").read_text(encoding="utf-8")
+    module = benchmark_script("readme_columns")
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert module.updated(text) == text, "README's column list is stale: run python benchmarks/readme_columns.py"
 
 

@@ -2,7 +2,6 @@
 features) made from a shared backbone, fitted on one part of the shared VOC images and evaluated by bench
 on the other, with no class map. Real assets through the ``shared`` fixture; tiny sizes (64 px, a few
 dozen training images) so it stays fast."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -11,18 +10,14 @@ import pytest
 
 from posthoc_csra.errors import InputError
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tf_efficientnet_lite0"
 SIZE = 64
 N_TRAIN = 40
 
 
 @pytest.fixture(scope="module")
-def fit():
-    spec = importlib.util.spec_from_file_location("fit_multilabel_head", ROOT / "benchmarks" / "fit_multilabel_head.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fit(benchmark_script):
+    return benchmark_script("fit_multilabel_head")
 
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,23 @@
 """benchmarks/fused_rule.py (the fused-kernel experiment of issue 18): its kernel computes the paper's attention
 terms (checked against float64 with the script's own tolerance), in both spaces, with a partial last tile of
 classes. Needs a C++ compiler and ninja (torch.utils.cpp_extension); compiles once per machine."""
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_rule.py"
 
 
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")) or not shutil.which("ninja"),
                     reason="the experiment compiles a C++ kernel: needs a C++ compiler and ninja on PATH")
-def test_the_kernel_matches_the_formula(capsys):
-    spec = importlib.util.spec_from_file_location("fused_rule", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--batch", "3", "--locations", "49", "--classes", "37", "--reps", "1"]) == 0
+def test_the_kernel_matches_the_formula(capsys, benchmark_script):
+    fused_rule = benchmark_script("fused_rule")
+    assert fused_rule.main(["--batch", "3", "--locations", "49", "--classes", "37", "--reps", "1"]) == 0
     out = capsys.readouterr().out
     assert "logit: (B, L, C) = (3, 49, 37)" in out and "prob: (B, L, C) = (3, 49, 37)" in out
 
 
-def test_a_wrong_kernel_is_caught(monkeypatch, capsys):
+def test_a_wrong_kernel_is_caught(monkeypatch, capsys, benchmark_script):
     """The check itself can fail: a kernel whose terms are off by 1e-3 is reported and exits 1."""
-    spec = importlib.util.spec_from_file_location("fused_rule", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("fused_rule")
 
     class Off:
         @staticmethod

@@ -1,7 +1,6 @@
 """benchmarks/perf.py is ready to run as recorded: a dry run with the GPU record's flags works on the CPU
 (every section, every head set and space), a CUDA command line says clearly when there is no CUDA, and the
 report keeps its CPU part and its GPU block apart."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,11 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "benchmarks" / "perf.py"
 
 
-def _perf_module():
-    spec = importlib.util.spec_from_file_location("perf_script", PERF)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def perf(benchmark_script):
+    return benchmark_script("perf")
 
 
 def _run(*args, timeout=900):
@@ -27,10 +24,9 @@ def _run(*args, timeout=900):
                           cwd=ROOT, env=env)
 
 
-def test_dry_run_with_the_gpu_flags_on_the_cpu(shared, tmp_path):
+def test_dry_run_with_the_gpu_flags_on_the_cpu(shared, tmp_path, perf):
     """The command the GPU record is made with, checked here on the CPU: every section runs, the report has every
     head set and space of (a), the statistics pass with its breakdown and memory, and the GPU block."""
-    perf = _perf_module()
     out = tmp_path / "perf.md"
     result = _run("--dry-run", "--device", "cpu", "--amp", "bf16", "--threads", "1", "--output", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -66,15 +62,13 @@ def test_dry_run_on_cuda(shared, tmp_path):
     assert "## GPU run" in out.read_text() and "amp bf16" in out.read_text()
 
 
-def test_dry_run_never_writes_the_record_by_default():
-    perf = _perf_module()
+def test_dry_run_never_writes_the_record_by_default(perf):
     args = perf.parse_args(["--dry-run", "--sections", "c"])
     assert Path(args.output).parent != perf.HERE / "results" and args.reps == 1 and args.budget == 0
     assert perf.parse_args([]).output == str(perf.HERE / "results" / "perf.md")
 
 
-def test_report_keeps_the_cpu_part_and_the_gpu_block_apart():
-    perf = _perf_module()
+def test_report_keeps_the_cpu_part_and_the_gpu_block_apart(perf):
     cpu = "# posthoc-csra performance benchmark\n\n- Device: CPU\n\n## (a) cpu table\n"
     gpu = "# posthoc-csra performance benchmark\n\n- Device: H200\n\n## (a) gpu table\n"
     first = perf.merge_report(None, cpu, cuda=False)
