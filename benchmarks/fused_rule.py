@@ -17,18 +17,23 @@ It prints, measured in this run on the same inputs, interleaved: the eager atten
 the formula in float64 (both spaces: logits with per-class scales, and probabilities). ``--perf MODEL`` then
 runs ``perf.py``'s section (a) for MODEL twice, as the package is and with the kernel in place of the eager
 path (``attention._exp_terms`` patched for this process only), and prints the heads=8 rows: the overhead by
-parts against the model's goal. Nothing in the package uses the kernel; it is the measured case for (or
-against) shipping one.
+parts against the model's goal. ``--published OUT`` runs ``published.py`` with the kernel in place (into OUT,
+with its own statistics cache there) and compares the results with the committed ones, made by the eager path:
+would shipping the kernel change a published number? Nothing in the package uses the kernel; it is the measured
+case for (or against) shipping one.
 
     python benchmarks/fused_rule.py --perf vit_small_patch16_224
+    python benchmarks/fused_rule.py --published /tmp/kernel-results --published-models tf_efficientnet_lite0
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -153,6 +158,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=21)
     parser.add_argument("--perf", metavar="MODEL", default=None,
                         help="also run perf.py's section (a) for this timm model, eager and with the kernel")
+    parser.add_argument("--published", metavar="OUT", type=Path, default=None,
+                        help="also run published.py with the kernel into OUT and compare its rows with the "
+                             "committed benchmarks/results/published.csv.gz (made by the eager path)")
+    parser.add_argument("--published-models", default="tf_efficientnet_lite0",
+                        help="manifest entries for --published (comma-separated; default %(default)s)")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest error of the kernel against float64, relative to the largest term (exit 1 above)")
     args = parser.parse_args(argv)
@@ -204,20 +214,30 @@ def main(argv=None) -> int:
                   f"fused {err_fused:.2g}")
     if args.perf:
         compare_in_perf(args.perf, kernel)
+    if args.published:
+        reference = Path(__file__).with_name("results") / "published.csv.gz"
+        if compare_published(args.published, args.published_models, kernel, reference):
+            return 1
     return 0
 
 
-def compare_in_perf(model: str, kernel) -> None:
-    """perf.py's section (a) for ``model``, as the package is and with the kernel; prints the heads=8 rows."""
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` loaded by path (the benchmarks are scripts, not a package)."""
     import importlib.util
     from pathlib import Path
 
-    from posthoc_csra import attention
-    from posthoc_csra.runtime import Runtime
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before it runs: its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
-    spec = importlib.util.spec_from_file_location("perf", Path(__file__).with_name("perf.py"))
-    perf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perf)
+
+@contextlib.contextmanager
+def kernel_in_place(kernel):
+    """Within the block, the package's CPU attention terms (``attention._exp_terms``) are the kernel's."""
+    from posthoc_csra import attention
+
     eager_terms = attention._exp_terms
 
     def kernel_terms(s, temperatures, scale, bounded, maxima=None):
@@ -227,19 +247,88 @@ def compare_in_perf(model: str, kernel) -> None:
         sc = torch.ones(s.shape[1]) if scale is None else scale.float().contiguous()
         return list(kernel.attention_terms(z, sc, [float(t) for t in temperatures]).unbind(0))
 
+    attention._exp_terms = kernel_terms
+    try:
+        yield
+    finally:
+        attention._exp_terms = eager_terms
+
+
+def compare_in_perf(model: str, kernel) -> None:
+    """perf.py's section (a) for ``model``, as the package is and with the kernel; prints the heads=8 rows."""
+    from posthoc_csra.runtime import Runtime
+
+    perf = benchmark_module("perf")
     args = perf.parse_args(["--models", model, "--sections", "a"])
-    for label, terms in (("eager (the package)", eager_terms), ("fused kernel", kernel_terms)):
-        attention._exp_terms = terms
-        try:
+    for label, in_place in (("eager (the package)", contextlib.nullcontext()),
+                            ("fused kernel", kernel_in_place(kernel))):
+        with in_place:
             result = perf.bench_overhead(model, args, Runtime(device="cpu"))
-        finally:
-            attention._exp_terms = eager_terms
         for row in result["rows"]:
             if row["config"].startswith("heads=8"):
                 print(f"perf (a) {model}, {row['config']}, {label}: by parts {row['parts_ratio']:.3f} "
                       f"(goal {result['goal']}: {row['parts_verdict']}; head {1000 * row['head_s']:.1f} ms + rule "
                       f"{1000 * row['rule_s']:.1f} ms per batch, plain {row['plain_s']:.3f} s), "
                       f"directly {row['ratio']:.3f}", flush=True)
+
+
+#: The published table's columns that say which row it is; ``RESULTS`` are what the row reports.
+ROW_KEYS = ("model", "weights", "dataset", "img_size", "split", "method", "space", "heads", "lam", "pool")
+RESULTS = ("mAP", "delta", "CF1@top3", "OF1@top3", "threshold", "CF1@t", "OF1@t")
+#: published.py's tables made from that one, and the columns that say which row a row is.
+DERIVED = {"headline.csv": ("model", "dataset", "img_size", "space"),
+           "lambda_bands.csv": ("model", "dataset", "img_size", "space", "heads", "lam"),
+           "per_class.csv": ("model", "dataset", "img_size", "space", "class")}
+
+
+def matched(ours, theirs, keys) -> tuple:
+    """(our rows with their counterparts' columns suffixed ``_eager``, rows without a counterpart)."""
+    merged = ours.merge(theirs, on=list(keys), how="left", suffixes=("", "_eager"), indicator=True)
+    return merged[merged["_merge"] == "both"], int((merged["_merge"] != "both").sum())
+
+
+def differing(merged, column: str):
+    """Rows whose ``column`` differs from its ``_eager`` counterpart (NaN equals NaN)."""
+    left, right = merged[column], merged[f"{column}_eager"]
+    return ~((left == right) | (left.isna() & right.isna()))
+
+
+def compare_published(out: Path, models: str, kernel, reference: Path) -> int:
+    """``published.py`` for ``models`` with the kernel in place (statistics cached under ``out``: use a folder
+    only this comparison writes), then ``compare_outputs(out, reference)``."""
+    published = benchmark_module("published")
+    with kernel_in_place(kernel):
+        published.main(["--out", str(out), "--no-readme", "--models", models, "--cache-dir", str(out / "cache")])
+    return compare_outputs(out, reference)
+
+
+def compare_outputs(out: Path, reference: Path) -> int:
+    """The rows of ``out``'s ``published.csv.gz`` compared with the same rows of ``reference`` (the committed
+    table, made by the eager path): per result column how many rows differ at full precision and the largest
+    change, how many mAPs differ as README shows them (%, 2 decimals), whether validation picks the same
+    settings; then the tables made from it (``DERIVED``; README's table is ``headline.csv``): rows that differ
+    in any column. Returns the number of rows without a counterpart in the reference (0: all compared)."""
+    import pandas as pd
+
+    ours = pd.read_csv(out / "published.csv.gz")
+    merged, missing = matched(ours, pd.read_csv(reference), ROW_KEYS)
+    print(f"published.py with the kernel: {len(ours)} rows, {len(merged)} compared with {reference} "
+          f"({missing} without a counterpart)")
+    for column in RESULTS:
+        print(f"  {column}: {int(differing(merged, column).sum())} of {len(merged)} differ, largest change "
+              f"{(merged[column] - merged[f'{column}_eager']).abs().max():.3g}")
+    shown = merged["mAP"].round(2) != merged["mAP_eager"].round(2)
+    print(f"  mAP at 2 decimals (as README shows it): {int(shown.sum())} differ; settings chosen on "
+          f"validation: {int(differing(merged, 'selected').sum())} rows differ")
+    for name, keys in DERIVED.items():
+        ours = pd.read_csv(out / name)
+        merged, absent = matched(ours, pd.read_csv(reference.with_name(name)), keys)
+        missing += absent
+        columns = [c for c in ours.columns if c not in keys]
+        changed = {c: int(differing(merged, c).sum()) for c in columns}
+        detail = ", ".join(f"{c} {n}" for c, n in changed.items() if n) or "every column the same"
+        print(f"{name}: {len(merged)} of {len(ours)} rows compared ({absent} without a counterpart): {detail}")
+    return missing
 
 
 if __name__ == "__main__":

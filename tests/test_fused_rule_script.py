@@ -27,3 +27,58 @@ def test_a_wrong_kernel_is_caught(monkeypatch, capsys, benchmark_script):
     monkeypatch.setattr("torch.utils.cpp_extension.load_inline", lambda *a, **k: Off)
     assert module.main(["--batch", "2", "--locations", "9", "--classes", "5", "--reps", "1"]) == 1
     assert "the kernel is off the formula" in capsys.readouterr().out
+
+
+
+def test_published_rows_are_compared_with_the_reference(tmp_path, monkeypatch, capsys, benchmark_script):
+    """--published: the rows published.py writes with the kernel are matched to the reference's by their keys
+    (missing heads/λ, NaN, match NaN); changed results are counted, mAPs that README would show differently,
+    changed picks on validation, and in the tables made from them changed cells and rows with no counterpart."""
+    import pandas as pd
+
+    module = benchmark_script("fused_rule")
+    base = {"model": "m", "weights": "w", "dataset": "voc", "img_size": 448, "split": "test", "pool": "max"}
+    rows = [dict(base, method="model", space="logit", heads=None, lam=None, mAP=80.0, selected=True),
+            dict(base, method="csra", space="logit", heads=1, lam=0.1, mAP=81.0, selected=False),
+            dict(base, method="csra", space="prob", heads=8, lam=0.1, mAP=82.0, selected=True)]
+    reference = pd.DataFrame([dict(r, **{k: 1.0 for k in module.RESULTS if k not in r}) for r in rows])
+    changed = reference.copy()
+    changed.loc[1, "mAP"] += 1e-9   # late digits only
+    changed.loc[2, "mAP"] += 0.02   # visible at 2 decimals
+    changed.loc[2, "selected"] = False
+    head = pd.DataFrame([{"model": "m", "dataset": "voc", "img_size": 448, "space": s, "CSRA": 81.0, "Δ": 1.0}
+                         for s in ("logit", "prob")])
+    bands = head.assign(heads=1, lam=0.1).rename(columns={"CSRA": "mAP", "Δ": "delta"})
+    per_class = head.assign(**{"class": "cat"}).rename(columns={"CSRA": "ap_csra", "Δ": "delta"})
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "out").mkdir()
+    reference.to_csv(tmp_path / "ref" / "published.csv.gz", index=False)
+    for name, table in (("headline.csv", head), ("lambda_bands.csv", bands), ("per_class.csv", per_class.iloc[:1])):
+        table.to_csv(tmp_path / "ref" / name, index=False)
+    seen = {}
+
+    class Published:
+        @staticmethod
+        def main(argv):
+            from posthoc_csra import attention
+
+            seen["argv"], seen["terms"] = argv, attention._exp_terms
+            changed.to_csv(tmp_path / "out" / "published.csv.gz", index=False)
+            head.assign(Δ=[1.0, 1.5]).to_csv(tmp_path / "out" / "headline.csv", index=False)
+            bands.to_csv(tmp_path / "out" / "lambda_bands.csv", index=False)
+            per_class.to_csv(tmp_path / "out" / "per_class.csv", index=False)
+            return 0
+
+    from posthoc_csra import attention
+
+    eager = attention._exp_terms
+    monkeypatch.setattr(module, "benchmark_module", lambda name: Published)
+    missing = module.compare_published(tmp_path / "out", "m", object(), tmp_path / "ref" / "published.csv.gz")
+    out = capsys.readouterr().out
+    assert missing == 1 and attention._exp_terms is eager and seen["terms"] is not eager
+    assert seen["argv"][seen["argv"].index("--cache-dir") + 1] == str(tmp_path / "out" / "cache")
+    assert "3 rows, 3 compared" in out and "mAP: 2 of 3 differ" in out and "delta: 0 of 3 differ" in out
+    assert "2 decimals (as README shows it): 1 differ; settings chosen on validation: 1 rows differ" in out
+    assert "headline.csv: 2 of 2 rows compared (0 without a counterpart): Δ 1" in out
+    assert "lambda_bands.csv: 2 of 2 rows compared (0 without a counterpart): every column the same" in out
+    assert "per_class.csv: 1 of 2 rows compared (1 without a counterpart): every column the same" in out
