@@ -224,7 +224,6 @@ def main(argv=None) -> int:
 def benchmark_module(name: str):
     """``benchmarks/<name>.py`` loaded by path (the benchmarks are scripts, not a package)."""
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
