@@ -32,13 +32,13 @@ def test_a_wrong_kernel_is_caught(monkeypatch, capsys, benchmark_script):
 
 def test_published_rows_are_compared_with_the_reference(tmp_path, monkeypatch, capsys, benchmark_script):
     """--published: the rows published.py writes with the kernel are matched to the reference's by their keys
-    (missing heads/λ, NaN, match NaN); changed results are counted, mAPs that README would show differently,
+    (missing heads/λ, NaN, match NaN, and so do NaN results); changed results are counted, mAPs that README would show differently,
     changed picks on validation, and in the tables made from them changed cells and rows with no counterpart."""
     import pandas as pd
 
     module = benchmark_script("fused_rule")
     base = {"model": "m", "weights": "w", "dataset": "voc", "img_size": 448, "split": "test", "pool": "max"}
-    rows = [dict(base, method="model", space="logit", heads=None, lam=None, mAP=80.0, selected=True),
+    rows = [dict(base, method="model", space="logit", heads=None, lam=None, mAP=float("nan"), selected=True),
             dict(base, method="csra", space="logit", heads=1, lam=0.1, mAP=81.0, selected=False),
             dict(base, method="csra", space="prob", heads=8, lam=0.1, mAP=82.0, selected=True)]
     reference = pd.DataFrame([dict(r, **{k: 1.0 for k in module.RESULTS if k not in r}) for r in rows])
