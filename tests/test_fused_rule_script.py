@@ -32,8 +32,9 @@ def test_a_wrong_kernel_is_caught(monkeypatch, capsys, benchmark_script):
 
 def test_published_rows_are_compared_with_the_reference(tmp_path, monkeypatch, capsys, benchmark_script):
     """--published: the rows published.py writes with the kernel are matched to the reference's by their keys
-    (missing heads/λ, NaN, match NaN, and so do NaN results); changed results are counted, mAPs that README would show differently,
-    changed picks on validation, and in the tables made from them changed cells and rows with no counterpart."""
+    (missing heads/λ, NaN, match NaN; so do NaN results); changed results are counted, mAPs that README would
+    show differently, changed picks on validation, and in the tables made from them changed cells and rows with
+    no counterpart."""
     import pandas as pd
 
     module = benchmark_script("fused_rule")
