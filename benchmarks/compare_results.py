@@ -30,6 +30,11 @@ def counterpart(path: Path, folder: Path) -> Path:
     return other
 
 
+def same_cells(left, right):
+    """Which cells of two aligned columns are equal, a missing value equal to a missing value."""
+    return (left == right) | (left.isna() & right.isna())
+
+
 def compare_table(a: Path, b: Path) -> list:
     import pandas as pd
 
@@ -40,7 +45,7 @@ def compare_table(a: Path, b: Path) -> list:
     lines = []
     for column in x.columns:
         left, right = x[column], y[column]
-        same = (left == right) | (left.isna() & right.isna())
+        same = same_cells(left, right)
         if not same.all():
             change = ""
             if left.dtype.kind == "f" and right.dtype.kind == "f":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import statistics
 import sys
@@ -221,8 +222,9 @@ def main(argv=None) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=None)
 def benchmark_module(name: str):
-    """``benchmarks/<name>.py`` loaded by path (the benchmarks are scripts, not a package)."""
+    """``benchmarks/<name>.py`` loaded by path, once (the benchmarks are scripts, not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
@@ -287,9 +289,8 @@ def matched(ours, theirs, keys) -> tuple:
 
 
 def differing(merged, column: str):
-    """Rows whose ``column`` differs from its ``_eager`` counterpart (NaN equals NaN)."""
-    left, right = merged[column], merged[f"{column}_eager"]
-    return ~((left == right) | (left.isna() & right.isna()))
+    """Rows whose ``column`` differs from its ``_eager`` counterpart (NaN equals NaN: ``compare_results``)."""
+    return ~benchmark_module("compare_results").same_cells(merged[column], merged[f"{column}_eager"])
 
 
 def compare_published(out: Path, models: str, kernel, reference: Path) -> int:
